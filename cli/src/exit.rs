@@ -1,0 +1,41 @@
+//! Exit codes and the one place that turns an error into a message for a person.
+//!
+//! Code 2 (bad usage) is clap's own; it exits before any of this runs.
+
+use std::{io, process::ExitCode};
+
+/// Something failed at run time: a network error, a bad config, a failed resolution.
+pub(crate) const FAILURE: u8 = 1;
+/// The subcommand exists in the interface but its implementation has not landed yet.
+pub(crate) const NOT_BUILT: u8 = 3;
+
+/// An error that carries its own exit code. Anything else exits with [`FAILURE`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The subcommand is part of the planned interface but not implemented yet.
+    #[error("`edgekit {command}` is not built yet (tracked in issue #{issue}); nothing was done")]
+    NotBuilt { command: &'static str, issue: u32 },
+}
+
+/// Print `err` (with its causes) to stderr and choose the exit code.
+///
+/// A closed stdout (`edgekit kv scan | head`) is not a failure: the reader got what it wanted.
+pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(err) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("edgekit: {err:#}");
+    let code = match err.downcast_ref::<CliError>() {
+        Some(CliError::NotBuilt { .. }) => NOT_BUILT,
+        None => FAILURE,
+    };
+    ExitCode::from(code)
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io_err| io_err.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,9 @@
+//! In-process fakes shared by edgekit's tests and benches.
+//!
+//! Nothing here is published; it exists so that every test builds its network on loopback from
+//! the same parts: a fault-injecting TCP proxy today, a DNS hierarchy as the resolver lands.
+#![warn(missing_docs)]
+
+mod proxy;
+
+pub use proxy::FaultProxy;
