@@ -240,10 +240,10 @@ fn wait_until_answering(guard: &mut ChildGuard, server: SocketAddr, name: &str, 
         if let Ok(Some(status)) = guard.child.try_wait() {
             panic!("{} exited early with {status}", guard.what);
         }
-        if let Some(reply) = ask(server, name, RecordType::SOA, recursion) {
-            if reply.metadata.response_code != ResponseCode::ServFail {
-                return;
-            }
+        if let Some(reply) = ask(server, name, RecordType::SOA, recursion)
+            && reply.metadata.response_code != ResponseCode::ServFail
+        {
+            return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
