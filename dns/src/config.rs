@@ -222,4 +222,39 @@ mod tests {
                 .contains("negative_max_ttl")
         );
     }
+
+    const DOC: &str = include_str!("../../docs/dns-config.md");
+
+    #[test]
+    fn every_key_is_documented() {
+        let config = ResolverConfig {
+            root_hints_file: Some("named.root".into()),
+            ..ResolverConfig::default()
+        };
+        let table: toml::Table = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(table.len(), 18);
+        for key in table.keys() {
+            assert!(
+                DOC.contains(&format!("| `{key}` |")),
+                "docs/dns-config.md lacks `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn documented_example_is_valid() {
+        #[derive(Deserialize)]
+        struct File {
+            resolver: ResolverConfig,
+        }
+        let example = DOC
+            .split("```toml")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let file: File = toml::from_str(example).unwrap();
+        file.resolver.validate().unwrap();
+        assert_eq!(file.resolver.qname_minimisation, QnameMinimisation::Strict);
+        assert_eq!(file.resolver.negative_max_ttl, 900);
+    }
 }

@@ -495,13 +495,8 @@ impl Resolver {
         loop {
             check_deadline(work)?;
             let mut candidates = Vec::new();
-            let mut known_ns = 0;
             for ns in ns_names {
-                let addresses = self.addresses_of(ns);
-                if !addresses.is_empty() {
-                    known_ns += 1;
-                }
-                for ip in addresses {
+                for ip in self.addresses_of(ns) {
                     if !self.inner.policy.permits(ip) {
                         if !refused_counted {
                             self.inner.stats.add_refused_address();
@@ -515,7 +510,6 @@ impl Resolver {
                 }
             }
             refused_counted = true;
-            let _ = known_ns;
 
             let Some(ip) = self.inner.servers.choose(&candidates) else {
                 // No address left to try: resolve an NS name we have no address for.
