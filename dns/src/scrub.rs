@@ -156,4 +156,38 @@ mod tests {
             None
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn nothing_outside_the_zone_survives(
+            sections in proptest::collection::vec((0usize..3, 0usize..8, 0usize..3), 0..40)
+        ) {
+            const NAMES: [&str; 8] = [
+                "www.example.test.", "example.test.", "a.www.example.test.", "test.",
+                "bank.other.", ".", "ns.example.test.", "x.sub.example.test.",
+            ];
+            let mut message = Message::new(1, MessageType::Response, OpCode::Query);
+            for (section, owner, kind) in sections {
+                let record = match kind {
+                    0 => a(NAMES[owner]),
+                    1 => Record::from_rdata(name(NAMES[owner]), 60, RData::NS(NS(name("ns.example.test.")))),
+                    _ => Record::from_rdata(name(NAMES[owner]), 60, RData::CNAME(CNAME(name(NAMES[(owner + 1) % 8])))),
+                };
+                match section {
+                    0 => { message.add_answer(record); }
+                    1 => { message.add_authority(record); }
+                    _ => { message.add_additional(record); }
+                }
+            }
+            let zone = name("example.test.");
+            let qname = name("www.example.test.");
+            scrub(&mut message, &zone, &qname);
+            for record in message.answers.iter().chain(&message.authorities).chain(&message.additionals) {
+                proptest::prop_assert!(zone.zone_of(&record.name), "{record} kept");
+            }
+            for record in &message.authorities {
+                proptest::prop_assert!(record.name.zone_of(&qname), "{record} is off the path");
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod budget;
 mod chains;
 mod delegation;
 mod minimisation;

@@ -95,3 +95,30 @@ async fn minimisation_queries_are_capped() {
         vec![(name("a.b.c.example.test."), RecordType::A)]
     );
 }
+
+#[tokio::test]
+async fn strict_believes_nxdomain_for_a_minimised_name_relaxed_asks_again() {
+    for (mode, full_name_asked) in [
+        (QnameMinimisation::Strict, false),
+        (QnameMinimisation::Relaxed, true),
+    ] {
+        let hierarchy = hierarchy().await;
+        let config = ResolverConfig {
+            qname_minimisation: mode,
+            ..config(&hierarchy)
+        };
+        let resolver = resolver_with(&hierarchy, config, Clock::system());
+        let result = resolver
+            .resolve(&name("x.y.nope.example.test."), RecordType::A)
+            .await
+            .unwrap();
+        assert_eq!(result.rcode, edgekit_dns::proto::op::ResponseCode::NXDomain);
+        let mut example = seen(&hierarchy, "ns1.example.test.");
+        example.extend(seen(&hierarchy, "ns2.example.test."));
+        assert_eq!(
+            example.contains(&(name("x.y.nope.example.test."), RecordType::A)),
+            full_name_asked,
+            "{mode:?}: {example:?}"
+        );
+    }
+}
