@@ -61,16 +61,15 @@ pub enum StepOutcome {
 impl fmt::Display for TraceStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let indent = "  ".repeat(usize::from(self.depth));
-        let transport = if self.over_tcp { " (tcp)" } else { "" };
+        let transport = if self.over_tcp { ", tcp" } else { "" };
+        let question = format!("{} {}", self.qname, self.qtype);
         write!(
             f,
-            "{indent}{:<20} @{:<22} {} {:<5} -> {}  [{} ms{transport}]",
+            "{indent}{:<16} {:<21} {question:<34} -> {}  [{:.1} ms{transport}]",
             self.zone.to_string(),
-            self.server.to_string(),
-            self.qname,
-            self.qtype.to_string(),
+            format!("@{}", self.server),
             self.outcome,
-            self.elapsed.as_millis()
+            self.elapsed.as_secs_f64() * 1000.0
         )
     }
 }

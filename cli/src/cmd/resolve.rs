@@ -167,7 +167,8 @@ fn print_trace(out: &mut impl Write, trace: &[TraceStep]) -> io::Result<()> {
     writeln!(out, ";; TRACE ({} upstream queries)", trace.len())?;
     writeln!(
         out,
-        ";; zone                 server                  question -> outcome  [time]"
+        ";; {:<16} {:<21} {:<34} -> outcome  [time]",
+        "zone asked", "server", "question"
     )?;
     for step in trace {
         writeln!(out, ";; {step}")?;
