@@ -157,3 +157,96 @@ fn matches_query(reply: &Message, id: u16, name: &Name, record_type: RecordType)
         && reply.queries[0].query_type() == record_type
         && reply.queries[0].name().eq_case(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use hickory_proto::op::{Message, MessageType, OpCode};
+
+    use super::*;
+
+    /// RFC 5452: every query gets its own random ID and its own source port.
+    #[tokio::test]
+    async fn each_query_uses_a_fresh_id_and_source_port() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let responder = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            for _ in 0..20 {
+                let (len, peer) = server.recv_from(&mut buf).await.unwrap();
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                seen.push((peer.port(), query.metadata.id));
+                let mut reply =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                reply.add_queries(query.queries.clone());
+                server
+                    .send_to(&reply.to_vec().unwrap(), peer)
+                    .await
+                    .unwrap();
+            }
+            seen
+        });
+        let stats = Stats::default();
+        let name = Name::from_ascii("www.example.test.").unwrap();
+        for _ in 0..20 {
+            exchange(
+                server_addr,
+                &name,
+                RecordType::A,
+                1232,
+                Duration::from_secs(2),
+                &stats,
+            )
+            .await
+            .unwrap();
+        }
+        let seen = responder.await.unwrap();
+        let ports: HashSet<u16> = seen.iter().map(|(port, _)| *port).collect();
+        let ids: HashSet<u16> = seen.iter().map(|(_, id)| *id).collect();
+        assert!(ports.len() >= 15, "source ports reused: {seen:?}");
+        assert!(ids.len() >= 15, "IDs reused: {seen:?}");
+        assert_eq!(stats.snapshot().dropped_replies, 0);
+    }
+
+    /// A reply from the right address but for another question is dropped and counted.
+    #[tokio::test]
+    async fn reply_with_another_question_is_dropped() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let (len, peer) = server.recv_from(&mut buf).await.unwrap();
+            let query = Message::from_vec(&buf[..len]).unwrap();
+            let mut wrong = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            wrong.add_query(hickory_proto::op::Query::query(
+                Name::from_ascii("WWW.example.test.").unwrap(),
+                RecordType::A,
+            ));
+            server
+                .send_to(&wrong.to_vec().unwrap(), peer)
+                .await
+                .unwrap();
+            server.send_to(b"garbage", peer).await.unwrap();
+        });
+        let stats = Stats::default();
+        let name = Name::from_ascii("www.example.test.").unwrap();
+        let err = exchange(
+            server_addr,
+            &name,
+            RecordType::A,
+            1232,
+            Duration::from_millis(300),
+            &stats,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ExchangeError::Timeout(_)), "{err}");
+        assert_eq!(
+            stats.snapshot().dropped_replies,
+            2,
+            "wrong case and garbage both counted"
+        );
+    }
+}
