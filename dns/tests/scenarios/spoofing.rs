@@ -86,3 +86,35 @@ fn addresses_of(records: &[edgekit_dns::proto::rr::Record]) -> Vec<String> {
         .map(|record| record.data.to_string())
         .collect()
 }
+
+#[tokio::test]
+async fn answers_off_the_question_chain_are_neither_returned_nor_cached() {
+    let hierarchy = hierarchy().await;
+    // Both servers lie: the answer section holds a record for another name of their zone.
+    let lie = Behaviour {
+        lie: Some(vec![a_record("evil.example.test.", [6, 6, 6, 6])]),
+        ..Behaviour::default()
+    };
+    for server in ["ns1.example.test.", "ns2.example.test."] {
+        hierarchy.server(server).set_behaviour(lie.clone());
+    }
+    let resolver = resolver(&hierarchy);
+    let result = resolver
+        .resolve(&name("www.example.test."), RecordType::A)
+        .await
+        .unwrap();
+    assert!(result.answers.is_empty(), "{:?}", result.answers);
+    assert_eq!(
+        resolver
+            .cache()
+            .rrset(&name("evil.example.test."), RecordType::A),
+        None
+    );
+    assert_eq!(
+        resolver
+            .cache()
+            .lookup(&name("www.example.test."), RecordType::A),
+        None,
+        "an empty, SOA-less reply is not cached as NODATA"
+    );
+}
