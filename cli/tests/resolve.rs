@@ -205,3 +205,24 @@ fn bad_input_is_named() {
         .code(1)
         .stderr(predicate::str::contains("no_such_key"));
 }
+
+#[test]
+fn trace_shows_the_steps_before_a_failure() {
+    let fixture = fixture();
+    // Nothing serves example.test. at 127.0.0.4 once the leaf server misbehaves: it refuses.
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(edgekit_testkit::dns::Behaviour {
+            refuse: true,
+            ..Default::default()
+        });
+    fixture
+        .resolve(&["www.example.test", "A", "--allow-loopback", "--trace"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("referral to example.test."))
+        .stdout(predicate::str::contains("lame: REFUSED"))
+        .stderr(predicate::str::contains("failed (SERVFAIL)"))
+        .stderr(predicate::str::contains("example.test."));
+}

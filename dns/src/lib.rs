@@ -43,10 +43,10 @@ pub use cache::{Cache, CacheAnswer, Rank};
 pub use clock::Clock;
 pub use config::{QnameMinimisation, ResolverConfig};
 pub use error::{ConfigError, ResolveError, RootHintsError};
-pub use resolver::{Resolution, Resolver};
+pub use resolver::{FailedResolution, Resolution, Resolver};
 pub use root_hints::{IANA_NAMED_ROOT, RootHints, RootServer};
 pub use stats::StatsSnapshot;
-pub use trace::{StepOutcome, TraceStep};
+pub use trace::{StepOutcome, TraceStep, rcode_mnemonic};
 pub use wire::{
     MAX_MESSAGE_LEN, WireError, build_query, dname_rdata, dname_target, frame_tcp, parse_message,
     split_tcp_frames,

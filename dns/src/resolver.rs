@@ -31,7 +31,7 @@ use crate::{
     scrub::{scrub, substitute},
     servers::{AddressPolicy, ServerSelection},
     stats::{Stats, StatsSnapshot},
-    trace::{StepOutcome, TraceStep},
+    trace::{StepOutcome, TraceStep, rcode_mnemonic},
     transport::{ExchangeError, exchange},
     wire::dname_target,
 };
@@ -51,6 +51,16 @@ pub struct Resolution {
     pub trace: Vec<TraceStep>,
     /// Upstream queries this resolution sent (0: answered from the cache).
     pub upstream_queries: u32,
+}
+
+/// A resolution that failed, with the upstream steps taken before it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailedResolution {
+    /// Why it failed.
+    pub error: ResolveError,
+    /// Each upstream query made, in order.
+    pub trace: Vec<TraceStep>,
 }
 
 /// A recursive resolver with its cache. Cheap to clone; clones share the cache.
@@ -180,13 +190,28 @@ impl Resolver {
         name: &Name,
         record_type: RecordType,
     ) -> Result<Resolution, ResolveError> {
+        self.resolve_traced(name, record_type)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// Like [`Resolver::resolve`], but a failure keeps the steps taken before it (for
+    /// `edgekit resolve --trace` and for logging why a name fails).
+    pub async fn resolve_traced(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+    ) -> Result<Resolution, FailedResolution> {
         if matches!(
             record_type,
             RecordType::OPT | RecordType::AXFR | RecordType::IXFR | RecordType::ANY
         ) {
-            return Err(ResolveError::BadQuery {
-                name: name.to_string(),
-                reason: format!("type {record_type} is not resolvable iteratively"),
+            return Err(FailedResolution {
+                error: ResolveError::BadQuery {
+                    name: name.to_string(),
+                    reason: format!("type {record_type} is not resolvable iteratively"),
+                },
+                trace: Vec::new(),
             });
         }
         let mut name = name.clone();
@@ -206,7 +231,10 @@ impl Resolver {
         } else {
             self.inner.stats.add_cache_miss();
         }
-        let conclusion = result?;
+        let conclusion = result.map_err(|error| FailedResolution {
+            error,
+            trace: std::mem::take(&mut work.trace),
+        })?;
         Ok(Resolution {
             rcode: conclusion.rcode,
             answers: conclusion.answers,
@@ -230,7 +258,7 @@ impl Resolver {
             let mut answers: Vec<Record> = Vec::new();
             let mut current = name;
             let mut seen: HashSet<Name> = HashSet::from([current.to_lowercase()]);
-            let mut follow = |answers: &mut Vec<Record>, current: &mut Name, target: Name| {
+            let mut follow = |current: &mut Name, target: Name| {
                 if seen.len() > usize::from(config.max_cname_chain)
                     || !seen.insert(target.to_lowercase())
                 {
@@ -239,7 +267,6 @@ impl Resolver {
                         name: target.to_string(),
                     });
                 }
-                let _ = answers;
                 *current = target;
                 Ok(())
             };
@@ -256,7 +283,7 @@ impl Resolver {
                         };
                         let target = target.clone();
                         answers.push(record);
-                        follow(&mut answers, &mut current, target)?;
+                        follow(&mut current, target)?;
                         continue;
                     }
                     Some(CacheAnswer::NxDomain(soa)) => {
@@ -301,7 +328,7 @@ impl Resolver {
                                 );
                                 answers.push(record);
                                 answers.push(cname);
-                                follow(&mut answers, &mut current, synth)?;
+                                follow(&mut current, synth)?;
                                 continue;
                             }
                             if let Some(record) = records
@@ -310,7 +337,7 @@ impl Resolver {
                                 && let RData::CNAME(CNAME(target)) = &record.data
                             {
                                 answers.push(record.clone());
-                                follow(&mut answers, &mut current, target.clone())?;
+                                follow(&mut current, target.clone())?;
                                 continue;
                             }
                             break;
@@ -613,7 +640,7 @@ impl Resolver {
                 fail(
                     work,
                     StepOutcome::Lame {
-                        reason: rcode.to_string(),
+                        reason: rcode_mnemonic(rcode),
                     },
                 );
                 continue;

@@ -2,7 +2,10 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{Name, RecordType},
+};
 
 /// One query sent to one server, and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,5 +90,18 @@ impl fmt::Display for StepOutcome {
             Self::Lame { reason } => write!(f, "lame: {reason}"),
             Self::Failed { reason } => write!(f, "failed: {reason}"),
         }
+    }
+}
+
+/// The mnemonic an operator knows from dig (`REFUSED`, `SERVFAIL`, ...).
+pub fn rcode_mnemonic(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
     }
 }

@@ -11,10 +11,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use edgekit_dns::{
     Resolution, Resolver, ResolverConfig, TraceStep,
-    proto::{
-        op::ResponseCode,
-        rr::{Name, Record, RecordType},
-    },
+    proto::rr::{Name, Record, RecordType},
+    rcode_mnemonic,
 };
 use serde::Deserialize;
 
@@ -109,11 +107,18 @@ pub(crate) fn run(args: ResolveArgs, _global: &GlobalOpts) -> anyhow::Result<()>
         .build()
         .context("cannot start the async runtime")?;
     let started = Instant::now();
-    let result = runtime.block_on(resolver.resolve(&name, record_type));
+    let result = runtime.block_on(resolver.resolve_traced(&name, record_type));
     let elapsed_ms = started.elapsed().as_millis();
+    let mut out = io::stdout().lock();
     let resolution = match result {
         Ok(resolution) => resolution,
-        Err(err) => {
+        Err(failed) => {
+            if args.trace && !args.json {
+                // The steps up to the failure are what a person needs to see why it failed.
+                print_trace(&mut out, &failed.trace)?;
+                out.flush()?;
+            }
+            let err = failed.error;
             let kind = if err.is_timeout() {
                 "timed out"
             } else {
@@ -122,7 +127,6 @@ pub(crate) fn run(args: ResolveArgs, _global: &GlobalOpts) -> anyhow::Result<()>
             bail!("resolving {name} {record_type} {kind}: {err}");
         }
     };
-    let mut out = io::stdout().lock();
     if args.json {
         print_json(
             &mut out,
@@ -148,19 +152,6 @@ pub(crate) fn run(args: ResolveArgs, _global: &GlobalOpts) -> anyhow::Result<()>
     }
     out.flush()?;
     Ok(())
-}
-
-/// The mnemonic dig prints (RFC 6895 names).
-fn rcode_name(rcode: ResponseCode) -> String {
-    match rcode {
-        ResponseCode::NoError => "NOERROR".into(),
-        ResponseCode::FormErr => "FORMERR".into(),
-        ResponseCode::ServFail => "SERVFAIL".into(),
-        ResponseCode::NXDomain => "NXDOMAIN".into(),
-        ResponseCode::NotImp => "NOTIMP".into(),
-        ResponseCode::Refused => "REFUSED".into(),
-        other => format!("RCODE{}", u16::from(other)),
-    }
 }
 
 fn print_trace(out: &mut impl Write, trace: &[TraceStep]) -> io::Result<()> {
@@ -197,7 +188,7 @@ fn print_dig(
     writeln!(
         out,
         ";; ->>HEADER<<- status: {}, answers: {}, upstream queries: {}",
-        rcode_name(resolution.rcode),
+        rcode_mnemonic(resolution.rcode),
         resolution.answers.len(),
         resolution.upstream_queries
     )?;
@@ -238,7 +229,7 @@ fn print_json(
 ) -> anyhow::Result<()> {
     let mut value = serde_json::json!({
         "question": { "name": name.to_string(), "type": record_type.to_string() },
-        "status": rcode_name(resolution.rcode),
+        "status": rcode_mnemonic(resolution.rcode),
         "answers": resolution.answers.iter().map(record_json).collect::<Vec<_>>(),
         "authority": resolution.authorities.iter().map(record_json).collect::<Vec<_>>(),
         "upstream_queries": resolution.upstream_queries,
