@@ -554,28 +554,33 @@ impl Resolver {
                     ));
                 };
                 looked_up.insert(ns.clone());
-                let address_type = if config.do_ip4 {
-                    RecordType::A
-                } else {
-                    RecordType::AAAA
-                };
-                let key = (ns.to_lowercase(), address_type);
-                if depth + 1 >= config.max_depth || work.in_progress.contains(&key) {
-                    failures.push(format!("{ns}: nested too deep or a cycle"));
-                    continue;
-                }
-                work.in_progress.push(key);
-                let nested = self
-                    .resolve_at(ns.clone(), address_type, depth + 1, work)
-                    .await;
-                work.in_progress.pop();
-                match nested {
-                    Err(
-                        err @ (ResolveError::Timeout { .. }
-                        | ResolveError::QueryBudgetExhausted { .. }),
-                    ) => return Err(err),
-                    Err(err) => failures.push(format!("{ns}: {err}")),
-                    Ok(_) => {}
+                // IPv4 first when enabled; AAAA if that found nothing and IPv6 is on.
+                let address_types = [
+                    (config.do_ip4, RecordType::A),
+                    (config.do_ip6, RecordType::AAAA),
+                ];
+                for (_, address_type) in address_types.into_iter().filter(|(on, _)| *on) {
+                    if !self.addresses_of(&ns).is_empty() {
+                        break;
+                    }
+                    let key = (ns.to_lowercase(), address_type);
+                    if depth + 1 >= config.max_depth || work.in_progress.contains(&key) {
+                        failures.push(format!("{ns}: nested too deep or a cycle"));
+                        break;
+                    }
+                    work.in_progress.push(key);
+                    let nested = self
+                        .resolve_at(ns.clone(), address_type, depth + 1, work)
+                        .await;
+                    work.in_progress.pop();
+                    match nested {
+                        Err(
+                            err @ (ResolveError::Timeout { .. }
+                            | ResolveError::QueryBudgetExhausted { .. }),
+                        ) => return Err(err),
+                        Err(err) => failures.push(format!("{ns} {address_type}: {err}")),
+                        Ok(_) => {}
+                    }
                 }
                 continue;
             };

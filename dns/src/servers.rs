@@ -92,12 +92,12 @@ impl ServerSelection {
         });
     }
 
-    /// No reply, or a lame/refusing answer: back off exponentially (1 s, 2 s, 4 s ... 120 s) and
+    /// No reply, or a lame/refusing answer: back off exponentially (5 s, 10 s, 20 s ... 120 s) and
     /// make the server look slow so others are preferred.
     pub(crate) fn record_failure(&self, ip: IpAddr, timeout: Duration) {
         self.update(ip, |state| {
             state.failures = state.failures.saturating_add(1);
-            let backoff = Duration::from_secs(1u64 << state.failures.min(7).saturating_sub(1))
+            let backoff = Duration::from_secs(5u64 << state.failures.min(6).saturating_sub(1))
                 .min(MAX_BACKOFF);
             state.avoid_until = Some(Instant::now() + backoff);
             state.srtt_ms = state.srtt_ms.max(timeout.as_secs_f64() * 1000.0);
