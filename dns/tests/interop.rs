@@ -1,8 +1,8 @@
-//! Interop: real authoritative servers from Debian (three NSD instances) serve a small
-//! hierarchy on 127.0.53.x:53; our resolver and Unbound (Debian) resolve the same names from
+//! Interop: real authoritative servers from Debian (two NSD instances for the root and the
+//! TLDs, Knot for the leaf zones) serve a small hierarchy on 127.0.53.x:53; our resolver and Unbound (Debian) resolve the same names from
 //! the same root hints, and their answers must agree.
 //!
-//! The tools are required: if `nsd` or `unbound` is missing this test fails (scripts/test.sh
+//! The tools are required: if `nsd`, `knotd` or `unbound` is missing this test fails (scripts/test.sh
 //! installs them from scripts/test-packages.txt).
 
 use std::{
@@ -114,6 +114,15 @@ struct ChildGuard {
     child: Child,
     what: String,
     config: PathBuf,
+    kind: Kind,
+}
+
+/// Which program a guard runs (how to read its query counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nsd,
+    Knot,
+    Unbound,
 }
 
 impl Drop for ChildGuard {
@@ -181,6 +190,46 @@ fn start_nsd(dir: &Path, label: &str, ip: Ipv4Addr, zones: &[(&str, &str)]) -> C
         child,
         what: format!("nsd {label} (log: {})", dir.join("nsd.log").display()),
         config: conf_path,
+        kind: Kind::Nsd,
+    }
+}
+
+fn start_knot(dir: &Path, ip: Ipv4Addr, zones: &[(&str, &str)]) -> ChildGuard {
+    let dir = dir.join("knot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut conf = format!(
+        "server:\n    listen: {ip}@53\n    rundir: \"{d}\"\n\
+         control:\n    listen: \"{d}/knot.sock\"\n\
+         database:\n    storage: \"{d}\"\n\
+         log:\n  - target: \"{d}/knot.log\"\n    any: info\n\
+         mod-stats:\n  - id: default\n    request-protocol: on\n\
+         template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-sync: -1\n    \
+         journal-content: none\n    global-module: mod-stats/default\n\
+         zone:\n",
+        d = dir.display()
+    );
+    for (index, (origin, text)) in zones.iter().enumerate() {
+        let file = dir.join(format!("zone{index}.zone"));
+        std::fs::write(&file, text).unwrap();
+        conf.push_str(&format!(
+            "  - domain: \"{origin}\"\n    file: \"{}\"\n",
+            file.display()
+        ));
+    }
+    let conf_path = dir.join("knot.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(tool("knotd"))
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start knotd: {err}"));
+    ChildGuard {
+        child,
+        what: format!("knotd (log: {})", dir.join("knot.log").display()),
+        config: conf_path,
+        kind: Kind::Knot,
     }
 }
 
@@ -211,27 +260,32 @@ fn start_unbound(dir: &Path, hints: &Path) -> ChildGuard {
         child,
         what: "unbound".into(),
         config: conf_path,
+        kind: Kind::Unbound,
     }
 }
 
-/// Queries an NSD instance has answered so far (`nsd-control stats_noreset`, `num.queries`).
-fn nsd_queries(guard: &ChildGuard) -> u64 {
-    let output = Command::new(tool("nsd-control"))
+/// Queries an authoritative server has answered so far: NSD's `num.queries`
+/// (`nsd-control stats_noreset`) or Knot's `mod-stats.server-operation[query]` (`knotc stats`).
+fn queries_served(guard: &ChildGuard) -> u64 {
+    let (program, command, key) = match guard.kind {
+        Kind::Nsd => ("nsd-control", "stats_noreset", "num.queries="),
+        Kind::Knot => ("knotc", "stats", "mod-stats.server-operation[query] = "),
+        Kind::Unbound => panic!("unbound is not an authoritative server"),
+    };
+    let output = Command::new(tool(program))
         .arg("-c")
         .arg(&guard.config)
-        .arg("stats_noreset")
+        .arg(command)
         .output()
-        .unwrap_or_else(|err| panic!("cannot run nsd-control: {err}"));
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
     let text = String::from_utf8_lossy(&output.stdout);
+    if guard.kind == Kind::Knot && !text.contains("mod-stats.server-operation") {
+        return 0; // Knot prints no counter until the first query.
+    }
     text.lines()
-        .find_map(|line| line.strip_prefix("num.queries="))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no num.queries in nsd-control output for {}: {text}",
-                guard.what
-            )
-        })
+        .unwrap_or_else(|| panic!("no {key} in {program} output for {}: {text}", guard.what))
 }
 
 /// One stub query (RD set for Unbound, clear for an authoritative server), bounded in time.
@@ -284,7 +338,7 @@ fn normalise(rcode: ResponseCode, records: &[Record]) -> (String, BTreeSet<Strin
 }
 
 #[test]
-fn our_answers_match_unbound_on_an_nsd_hierarchy() {
+fn our_answers_match_unbound_on_an_nsd_and_knot_hierarchy() {
     let dir = tempfile::tempdir().unwrap();
     let hints_path = dir.path().join("interop.root");
     std::fs::write(
@@ -310,9 +364,8 @@ fn our_answers_match_unbound_on_an_nsd_hierarchy() {
             "interop.",
         ),
         (
-            start_nsd(
+            start_knot(
                 dir.path(),
-                "leaf",
                 LEAF_IP,
                 &[
                     ("example.interop.", EXAMPLE_ZONE),
@@ -345,7 +398,10 @@ fn our_answers_match_unbound_on_an_nsd_hierarchy() {
         .unwrap();
 
     let upstream_total = |servers: &[(ChildGuard, Ipv4Addr, &str)]| -> u64 {
-        servers.iter().map(|(guard, _, _)| nsd_queries(guard)).sum()
+        servers
+            .iter()
+            .map(|(guard, _, _)| queries_served(guard))
+            .sum()
     };
     // Unbound first, all questions, counting what the authoritative servers saw.
     let before = upstream_total(&servers);
@@ -380,7 +436,7 @@ fn our_answers_match_unbound_on_an_nsd_hierarchy() {
     // Our own count must agree with what the servers saw (no TCP retries in this hierarchy).
     assert_eq!(our_queries, our_counted);
     eprintln!(
-        "interop: {} questions from a cold cache; upstream queries seen by NSD: \
+        "interop: {} questions from a cold cache; upstream queries seen by NSD+Knot: \
          edgekit {our_queries}, unbound {unbound_queries}",
         QUESTIONS.len()
     );
