@@ -1,7 +1,53 @@
-//! A recursive caching DNS resolver and server, written on hickory-proto's wire format.
+//! A recursive caching DNS resolver, written on hickory-proto's wire format.
 //!
-//! (Being built: see issue #5.)
+//! The engine iterates from the root hints: it follows referrals, chases CNAME and DNAME
+//! chains, resolves glueless NS names, scrubs every reply to the answering server's bailiwick
+//! before using or caching it, and minimises query names (RFC 9156). Results are cached with
+//! absolute expiry and handed back with decremented TTLs.
+//!
+//! ```
+//! use edgekit_dns::{ResolverConfig, Resolver, RootHints};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // IANA's root hints are built in; a test hierarchy would pass its own.
+//! let hints = RootHints::iana();
+//! assert_eq!(hints.servers().len(), 13);
+//!
+//! let config = ResolverConfig::default();
+//! config.validate()?;
+//! let resolver = Resolver::new(config)?;
+//! assert!(resolver.cache().is_empty());
+//! // resolver.resolve(&name, RecordType::A).await? walks the tree from the root.
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
+
+mod cache;
+mod clock;
+mod config;
+mod error;
+mod resolver;
+mod root_hints;
+mod scrub;
+mod servers;
+mod stats;
+mod trace;
+mod transport;
+mod wire;
 
 /// The wire-format crate we build on, re-exported so users get exactly our version.
 pub use hickory_proto as proto;
+
+pub use cache::{Cache, CacheAnswer, Rank};
+pub use clock::Clock;
+pub use config::{QnameMinimisation, ResolverConfig};
+pub use error::{ConfigError, ResolveError, RootHintsError};
+pub use resolver::{FailedResolution, Resolution, Resolver};
+pub use root_hints::{IANA_NAMED_ROOT, RootHints, RootServer};
+pub use stats::StatsSnapshot;
+pub use trace::{StepOutcome, TraceStep, rcode_mnemonic};
+pub use wire::{
+    MAX_MESSAGE_LEN, WireError, build_query, dname_rdata, dname_target, frame_tcp, parse_message,
+    split_tcp_frames,
+};

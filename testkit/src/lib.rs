@@ -4,6 +4,7 @@
 //! the same parts: a fault-injecting TCP proxy today, a DNS hierarchy as the resolver lands.
 #![warn(missing_docs)]
 
+pub mod dns;
 mod proxy;
 
 pub use proxy::FaultProxy;

@@ -1,0 +1,425 @@
+//! The RRset cache: records keyed by (name, type, class) with absolute wall-clock expiry,
+//! negative entries (RFC 2308) and the NXDOMAIN cut (RFC 8020), bounded in size.
+//!
+//! This is the cache iteration reads and writes. A packet cache of finished answers (keyed by
+//! the question, holding wire bytes) can sit in front of it: it only needs [`Cache::lookup`]'s
+//! results and their remaining TTLs, never this module's internals.
+
+use std::collections::HashMap;
+
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use parking_lot::Mutex;
+use rand::seq::IteratorRandom;
+
+use crate::clock::Clock;
+
+/// How much a cached RRset is trusted (RFC 2181 5.4.1): data from an authoritative answer beats
+/// a referral's NS set, which beats glue. Lower ranks never overwrite higher ones while unexpired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Rank {
+    /// Addresses from the additional section of a referral.
+    Glue,
+    /// The NS set of a referral (the parent's copy).
+    Referral,
+    /// An authoritative answer.
+    Answer,
+}
+
+/// What the cache knows about a question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheAnswer {
+    /// The RRset, TTLs decremented to the time remaining.
+    Records(Vec<Record>),
+    /// No RRset of this type, but a CNAME at the name (TTL decremented).
+    Cname(Record),
+    /// The name (or an ancestor: RFC 8020) does not exist; the SOA if one was given.
+    NxDomain(Option<Record>),
+    /// The name exists but has no RRset of this type; the SOA if one was given.
+    NoData(Option<Record>),
+}
+
+type Key = (Name, RecordType, DNSClass);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Value,
+    expires_at: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Rrset { records: Vec<Record>, rank: Rank },
+    NoData { soa: Option<Box<Record>> },
+}
+
+/// A bounded cache shared by every resolution.
+#[derive(Debug)]
+pub struct Cache {
+    inner: Mutex<Inner>,
+    clock: Clock,
+    max_entries: usize,
+    max_ttl: u32,
+    negative_max_ttl: u32,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    nxdomains: HashMap<Name, Entry>,
+}
+
+impl Inner {
+    fn len(&self) -> usize {
+        self.entries.len() + self.nxdomains.len()
+    }
+}
+
+fn key(name: &Name, record_type: RecordType) -> Key {
+    (name.to_lowercase(), record_type, DNSClass::IN)
+}
+
+fn with_remaining_ttl(mut record: Record, expires_at: u64, now: u64) -> Record {
+    record.ttl = u32::try_from(expires_at.saturating_sub(now)).unwrap_or(u32::MAX);
+    record
+}
+
+impl Cache {
+    /// An empty cache of at most `max_entries` entries. TTLs are capped at `max_ttl`, negative
+    /// TTLs at `negative_max_ttl`.
+    pub fn new(clock: Clock, max_entries: usize, max_ttl: u32, negative_max_ttl: u32) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            clock,
+            max_entries: max_entries.max(1),
+            max_ttl,
+            negative_max_ttl,
+        }
+    }
+
+    /// Entries held (RRsets and negative entries), expired ones included until evicted.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Answer-grade data for a question: RRsets at rank [`Rank::Answer`], CNAMEs, negative
+    /// entries. Glue and referral NS sets are not answers to give a client.
+    pub fn lookup(&self, name: &Name, record_type: RecordType) -> Option<CacheAnswer> {
+        let now = self.clock.now_secs();
+        let inner = self.inner.lock();
+        // RFC 8020: an NXDOMAIN at the name or any ancestor means nothing exists below it.
+        let mut ancestor = name.to_lowercase();
+        loop {
+            if let Some(entry) = inner
+                .nxdomains
+                .get(&ancestor)
+                .filter(|e| e.expires_at > now)
+            {
+                let soa = match &entry.value {
+                    Value::NoData { soa } => soa.clone().map(|soa| *soa),
+                    Value::Rrset { .. } => None,
+                };
+                return Some(CacheAnswer::NxDomain(
+                    soa.map(|soa| with_remaining_ttl(soa, entry.expires_at, now)),
+                ));
+            }
+            if ancestor.is_root() {
+                break;
+            }
+            ancestor = ancestor.base_name();
+        }
+        let live = |record_type| {
+            inner
+                .entries
+                .get(&key(name, record_type))
+                .filter(|entry| entry.expires_at > now)
+        };
+        match live(record_type).map(|entry| (&entry.value, entry.expires_at)) {
+            Some((Value::Rrset { records, rank }, expires_at)) if *rank == Rank::Answer => {
+                return Some(CacheAnswer::Records(
+                    records
+                        .iter()
+                        .map(|r| with_remaining_ttl(r.clone(), expires_at, now))
+                        .collect(),
+                ));
+            }
+            Some((Value::NoData { soa }, expires_at)) => {
+                return Some(CacheAnswer::NoData(
+                    soa.clone()
+                        .map(|soa| with_remaining_ttl(*soa, expires_at, now)),
+                ));
+            }
+            _ => {}
+        }
+        if record_type != RecordType::CNAME
+            && let Some(entry) = live(RecordType::CNAME)
+            && let Value::Rrset { records, .. } = &entry.value
+            && let Some(first) = records.first()
+        {
+            return Some(CacheAnswer::Cname(with_remaining_ttl(
+                first.clone(),
+                entry.expires_at,
+                now,
+            )));
+        }
+        None
+    }
+
+    /// Any unexpired RRset of this name and type, whatever its rank (for NS sets and addresses
+    /// of servers during iteration).
+    pub fn rrset(&self, name: &Name, record_type: RecordType) -> Option<Vec<Record>> {
+        let now = self.clock.now_secs();
+        let inner = self.inner.lock();
+        let entry = inner
+            .entries
+            .get(&key(name, record_type))
+            .filter(|entry| entry.expires_at > now)?;
+        match &entry.value {
+            Value::Rrset { records, .. } => Some(
+                records
+                    .iter()
+                    .map(|r| with_remaining_ttl(r.clone(), entry.expires_at, now))
+                    .collect(),
+            ),
+            Value::NoData { .. } => None,
+        }
+    }
+
+    /// The closest enclosing zone cut of `name` with a cached NS set, and the NS names.
+    pub fn closest_cut(&self, name: &Name) -> Option<(Name, Vec<Name>)> {
+        let mut zone = name.to_lowercase();
+        loop {
+            if let Some(records) = self.rrset(&zone, RecordType::NS) {
+                let servers: Vec<Name> = records
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::NS(ns) => Some(ns.0.to_lowercase()),
+                        _ => None,
+                    })
+                    .collect();
+                if !servers.is_empty() {
+                    return Some((zone, servers));
+                }
+            }
+            if zone.is_root() {
+                return None;
+            }
+            zone = zone.base_name();
+        }
+    }
+
+    /// Store one RRset (all records share name and type). The TTL is the smallest in the set,
+    /// capped; a TTL of 0 is not stored. Does not replace an unexpired entry of higher rank.
+    pub fn insert_rrset(&self, records: Vec<Record>, rank: Rank) {
+        let Some(first) = records.first() else {
+            return;
+        };
+        let ttl = records
+            .iter()
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(0)
+            .min(self.max_ttl);
+        if ttl == 0 {
+            return;
+        }
+        let now = self.clock.now_secs();
+        let key = key(&first.name, first.record_type());
+        let mut inner = self.inner.lock();
+        if let Some(existing) = inner.entries.get(&key)
+            && existing.expires_at > now
+            && let Value::Rrset { rank: old, .. } = existing.value
+            && old > rank
+        {
+            return;
+        }
+        self.make_room(&mut inner, now);
+        inner.entries.insert(
+            key,
+            Entry {
+                value: Value::Rrset { records, rank },
+                expires_at: now + u64::from(ttl),
+            },
+        );
+    }
+
+    /// Remember that `name` does not exist (and nothing below it does: RFC 8020).
+    pub fn insert_nxdomain(&self, name: &Name, soa: Option<Record>) {
+        let ttl = self.negative_ttl(soa.as_ref());
+        if ttl == 0 {
+            return;
+        }
+        let now = self.clock.now_secs();
+        let mut inner = self.inner.lock();
+        self.make_room(&mut inner, now);
+        inner.nxdomains.insert(
+            name.to_lowercase(),
+            Entry {
+                value: Value::NoData {
+                    soa: soa.map(Box::new),
+                },
+                expires_at: now + u64::from(ttl),
+            },
+        );
+    }
+
+    /// Remember that `name` has no RRset of `record_type`.
+    pub fn insert_nodata(&self, name: &Name, record_type: RecordType, soa: Option<Record>) {
+        let ttl = self.negative_ttl(soa.as_ref());
+        if ttl == 0 {
+            return;
+        }
+        let now = self.clock.now_secs();
+        let mut inner = self.inner.lock();
+        self.make_room(&mut inner, now);
+        inner.entries.insert(
+            key(name, record_type),
+            Entry {
+                value: Value::NoData {
+                    soa: soa.map(Box::new),
+                },
+                expires_at: now + u64::from(ttl),
+            },
+        );
+    }
+
+    /// RFC 2308 section 5: the negative TTL is the smaller of the SOA's TTL and its MINIMUM
+    /// field, capped. Without an SOA the answer is not cached (section 5: SHOULD NOT).
+    fn negative_ttl(&self, soa: Option<&Record>) -> u32 {
+        match soa.map(|record| (&record.data, record.ttl)) {
+            Some((RData::SOA(soa), ttl)) => ttl.min(soa.minimum).min(self.negative_max_ttl),
+            _ => 0,
+        }
+    }
+
+    /// Keep the cache under its bound: drop expired entries first; if none, drop the entry
+    /// closest to expiry among a random sample (cheap approximate eviction, no global LRU list).
+    fn make_room(&self, inner: &mut Inner, now: u64) {
+        if inner.len() < self.max_entries {
+            return;
+        }
+        inner.entries.retain(|_, entry| entry.expires_at > now);
+        inner.nxdomains.retain(|_, entry| entry.expires_at > now);
+        while inner.len() >= self.max_entries {
+            let mut rng = rand::rng();
+            let victim = inner
+                .entries
+                .iter()
+                .choose_multiple(&mut rng, 8)
+                .into_iter()
+                .min_by_key(|(_, entry)| entry.expires_at)
+                .map(|(key, _)| key.clone());
+            if let Some(victim) = victim {
+                inner.entries.remove(&victim);
+                continue;
+            }
+            let victim = inner.nxdomains.keys().next().cloned();
+            match victim {
+                Some(victim) => {
+                    inner.nxdomains.remove(&victim);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::rr::rdata::{A, SOA};
+
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).unwrap()
+    }
+
+    fn a(owner: &str, ttl: u32) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::new(192, 0, 2, 1))))
+    }
+
+    fn soa(ttl: u32, minimum: u32) -> Record {
+        Record::from_rdata(
+            name("test."),
+            ttl,
+            RData::SOA(SOA::new(
+                name("ns.test."),
+                name("h.test."),
+                1,
+                60,
+                60,
+                600,
+                minimum,
+            )),
+        )
+    }
+
+    #[test]
+    fn ttls_count_down_and_entries_expire() {
+        let clock = Clock::manual(1_000);
+        let cache = Cache::new(clock.clone(), 100, 86_400, 3_600);
+        cache.insert_rrset(vec![a("www.test.", 300)], Rank::Answer);
+        clock.advance(100);
+        let Some(CacheAnswer::Records(records)) = cache.lookup(&name("WWW.test."), RecordType::A)
+        else {
+            panic!("expected records");
+        };
+        assert_eq!(records[0].ttl, 200);
+        clock.advance(200);
+        assert_eq!(cache.lookup(&name("www.test."), RecordType::A), None);
+    }
+
+    #[test]
+    fn glue_is_not_an_answer_and_never_overwrites_one() {
+        let cache = Cache::new(Clock::manual(0), 100, 86_400, 3_600);
+        cache.insert_rrset(vec![a("ns.test.", 300)], Rank::Glue);
+        assert_eq!(cache.lookup(&name("ns.test."), RecordType::A), None);
+        assert!(cache.rrset(&name("ns.test."), RecordType::A).is_some());
+        cache.insert_rrset(vec![a("www.test.", 300)], Rank::Answer);
+        let mut glue = a("www.test.", 300);
+        glue.data = RData::A(A(Ipv4Addr::new(6, 6, 6, 6)));
+        cache.insert_rrset(vec![glue], Rank::Glue);
+        let Some(CacheAnswer::Records(records)) = cache.lookup(&name("www.test."), RecordType::A)
+        else {
+            panic!("expected the answer");
+        };
+        assert_eq!(records[0].data, RData::A(A(Ipv4Addr::new(192, 0, 2, 1))));
+    }
+
+    #[test]
+    fn negative_ttl_is_min_of_soa_ttl_and_minimum_capped() {
+        let clock = Clock::manual(0);
+        let cache = Cache::new(clock.clone(), 100, 86_400, 3_600);
+        cache.insert_nxdomain(&name("gone.test."), Some(soa(7_200, 86_400)));
+        // RFC 8020: below the NXDOMAIN name is gone too.
+        assert!(matches!(
+            cache.lookup(&name("a.b.gone.test."), RecordType::A),
+            Some(CacheAnswer::NxDomain(Some(record))) if record.ttl == 3_600
+        ));
+        cache.insert_nodata(&name("www.test."), RecordType::AAAA, Some(soa(600, 30)));
+        assert!(matches!(
+            cache.lookup(&name("www.test."), RecordType::AAAA),
+            Some(CacheAnswer::NoData(Some(record))) if record.ttl == 30
+        ));
+        clock.advance(31);
+        assert_eq!(cache.lookup(&name("www.test."), RecordType::AAAA), None);
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let cache = Cache::new(Clock::manual(0), 50, 86_400, 3_600);
+        for i in 0..500 {
+            cache.insert_rrset(vec![a(&format!("n{i}.test."), 300 + i)], Rank::Answer);
+        }
+        assert!(cache.len() <= 50, "{}", cache.len());
+        assert!(cache.lookup(&name("n499.test."), RecordType::A).is_some());
+    }
+}

@@ -1,0 +1,200 @@
+//! Glueless delegations, dead/lame/refusing servers, NS cycles, TC then TCP, address policy.
+
+use std::time::{Duration, Instant};
+
+use edgekit_dns::{
+    Clock, ResolveError, ResolverConfig, StepOutcome,
+    proto::{op::ResponseCode, rr::RecordType},
+};
+use edgekit_testkit::dns::Behaviour;
+
+use crate::common::{addresses, config, hierarchy, name, resolver, resolver_with};
+
+#[tokio::test]
+async fn glueless_delegation_resolves_the_ns_name_first() {
+    let hierarchy = hierarchy().await;
+    let resolver = resolver(&hierarchy);
+    let result = resolver
+        .resolve(&name("www.glueless.test."), RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(
+        addresses(&result),
+        vec!["192.0.2.5".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    // The NS name was resolved as nested work (depth 1) through the other. zone.
+    assert!(
+        result
+            .trace
+            .iter()
+            .any(|step| step.depth == 1 && step.zone == name("other.")),
+        "{:#?}",
+        result.trace
+    );
+    assert_eq!(hierarchy.server("ns.hosting.other.").queries().len(), 1);
+}
+
+#[tokio::test]
+async fn dead_first_ns_is_skipped_and_then_avoided() {
+    let hierarchy = hierarchy().await;
+    hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            drop: true,
+            ..Behaviour::default()
+        });
+    let resolver = resolver(&hierarchy);
+    for label in ["www", "alias", "chain3", "a.b.c"] {
+        let result = resolver
+            .resolve(&name(&format!("{label}.example.test.")), RecordType::A)
+            .await
+            .unwrap();
+        assert_eq!(result.rcode, ResponseCode::NoError);
+        assert!(!addresses(&result).is_empty());
+    }
+    // After its first timeout the dead server is backed off: asked at most once.
+    let dead = hierarchy.server("ns1.example.test.").queries().len();
+    assert!(dead <= 1, "dead server asked {dead} times");
+    assert!(hierarchy.server("ns2.example.test.").queries().len() >= 4);
+}
+
+#[tokio::test]
+async fn refusing_and_lame_servers_are_skipped() {
+    for behaviour in [
+        Behaviour {
+            refuse: true,
+            ..Behaviour::default()
+        },
+        Behaviour {
+            lame: true,
+            ..Behaviour::default()
+        },
+    ] {
+        let hierarchy = hierarchy().await;
+        hierarchy
+            .server("ns2.example.test.")
+            .set_behaviour(behaviour.clone());
+        let resolver = resolver(&hierarchy);
+        for label in ["www", "alias", "chain1"] {
+            let result = resolver
+                .resolve(&name(&format!("{label}.example.test.")), RecordType::A)
+                .await
+                .unwrap();
+            assert_eq!(
+                addresses(&result),
+                vec!["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
+            );
+        }
+        assert!(
+            hierarchy.server("ns2.example.test.").queries().len() <= 1,
+            "{behaviour:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn all_servers_dead_is_an_error_within_the_budget() {
+    let hierarchy = hierarchy().await;
+    for server in ["ns1.example.test.", "ns2.example.test."] {
+        hierarchy.server(server).set_behaviour(Behaviour {
+            drop: true,
+            ..Behaviour::default()
+        });
+    }
+    let resolver = resolver(&hierarchy);
+    let started = Instant::now();
+    let err = resolver
+        .resolve(&name("www.example.test."), RecordType::A)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ResolveError::NoUsableServer { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn ns_cycle_ends_in_an_error_quickly() {
+    let hierarchy = hierarchy().await;
+    let resolver = resolver(&hierarchy);
+    let started = Instant::now();
+    let err = resolver
+        .resolve(&name("www.cycle-a.test."), RecordType::A)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ResolveError::NoUsableServer { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        resolver.stats().upstream_queries < 30,
+        "{:?}",
+        resolver.stats()
+    );
+}
+
+#[tokio::test]
+async fn truncated_udp_reply_is_retried_over_tcp() {
+    let hierarchy = hierarchy().await;
+    for server in ["ns1.example.test.", "ns2.example.test."] {
+        hierarchy.server(server).set_behaviour(Behaviour {
+            truncate_udp: true,
+            ..Behaviour::default()
+        });
+    }
+    let resolver = resolver(&hierarchy);
+    let result = resolver
+        .resolve(&name("www.example.test."), RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(
+        addresses(&result),
+        vec!["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert!(resolver.stats().tcp_retries >= 1);
+    assert!(result.trace.iter().any(|step| step.over_tcp));
+    let tcp_queries = hierarchy
+        .servers()
+        .iter()
+        .flat_map(|server| server.queries())
+        .filter(|query| query.tcp)
+        .count();
+    assert!(tcp_queries >= 1);
+}
+
+#[tokio::test]
+async fn loopback_upstreams_are_refused_by_default() {
+    let hierarchy = hierarchy().await;
+    let config = ResolverConfig {
+        allow_loopback: false,
+        ..config(&hierarchy)
+    };
+    let resolver = resolver_with(&hierarchy, config, Clock::system());
+    let err = resolver
+        .resolve(&name("www.example.test."), RecordType::A)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused by policy"), "{err}");
+    assert!(resolver.stats().refused_upstream_addresses >= 1);
+    assert_eq!(
+        hierarchy.total_queries(),
+        0,
+        "nothing may be sent to a refused address"
+    );
+}
+
+#[tokio::test]
+async fn referrals_are_traced_step_by_step() {
+    let hierarchy = hierarchy().await;
+    let resolver = resolver(&hierarchy);
+    let result = resolver
+        .resolve(&name("www.example.test."), RecordType::A)
+        .await
+        .unwrap();
+    let outcomes: Vec<&StepOutcome> = result.trace.iter().map(|step| &step.outcome).collect();
+    assert!(matches!(outcomes[0], StepOutcome::Referral { zone, .. } if *zone == name("test.")));
+    assert!(
+        matches!(outcomes[1], StepOutcome::Referral { zone, .. } if *zone == name("example.test."))
+    );
+    assert!(matches!(
+        outcomes.last(),
+        Some(StepOutcome::Answer { records: 1 })
+    ));
+    assert_eq!(result.upstream_queries as usize, result.trace.len());
+}
