@@ -5,3 +5,5 @@
 
 /// The wire-format crate we build on, re-exported so users get exactly our version.
 pub use hickory_proto as proto;
+
+pub mod bench;
