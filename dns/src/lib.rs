@@ -7,3 +7,8 @@
 pub use hickory_proto as proto;
 
 pub mod bench;
+mod packet_cache;
+pub use packet_cache::{
+    CacheInsertError, Clock, ManualClock, MonotonicClock, PacketCache, PacketCacheConfig,
+    PacketCacheConfigError, ParsedQuery, QueryEdns, QueryParseError, parse_query,
+};
