@@ -524,7 +524,38 @@ impl Shard {
     }
 }
 
-/// A sharded, size-bounded cache of finished answers in wire format. See the module docs.
+/// A sharded, size-bounded cache of finished answers in wire format.
+///
+/// Keyed by (lowercased qname, qtype, qclass, DO, CD). A hit copies the stored bytes and writes
+/// the client's ID, RD bit and question spelling and the remaining TTLs; nothing is decoded.
+/// Names compressed to the question (answer owner names, usually) read back in the client's
+/// spelling, as an encoder would write them for the client's question.
+///
+/// ```
+/// use edgekit_dns::{PacketCache, PacketCacheConfig, parse_query};
+/// use edgekit_dns::proto::op::{Message, Query};
+/// use edgekit_dns::proto::rr::{Name, RData, Record, RecordType, rdata::A};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = Name::from_ascii("www.example.com.")?;
+/// let mut query = Message::query();
+/// query.add_query(Query::query(name.clone(), RecordType::A));
+/// let query_wire = query.to_vec()?;
+///
+/// let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+/// answer.add_query(Query::query(name.clone(), RecordType::A));
+/// answer.add_answer(Record::from_rdata(name, 300, RData::A(A([192, 0, 2, 1].into()))));
+///
+/// let cache = PacketCache::new(PacketCacheConfig::default())?;
+/// let parsed = parse_query(&query_wire)?;
+/// cache.insert(&parsed, &answer.to_vec()?)?;
+///
+/// let mut out = Vec::new();
+/// assert!(cache.answer_into(&parsed, &mut out));
+/// assert_eq!(Message::from_vec(&out)?.answers.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct PacketCache<C: Clock = MonotonicClock> {
     shards: Box<[RwLock<Shard>]>,

@@ -2,6 +2,23 @@
 //! rate, over UDP (several sockets) or TCP (pipelined), and a report with rcodes and latency
 //! percentiles from an HDR histogram.
 //!
+//! ```
+//! use std::time::Duration;
+//! use edgekit_dns::bench::{self, BenchConfig, LiveStats, Load, Stop};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let queries = bench::parse_query_file("www.example.com A\nexample.net AAAA\n")?;
+//! // Nothing listens on the discard port: every query is counted lost, and that is no error.
+//! let mut config = BenchConfig::new("127.0.0.1:9".parse()?, Stop::Count(4));
+//! config.load = Load::Concurrency(2);
+//! config.timeout = Duration::from_millis(50);
+//! let report = bench::run(&config, &queries, &LiveStats::default())?;
+//! assert_eq!((report.sent, report.answered, report.lost), (4, 0, 4));
+//! println!("{report}");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! It runs on plain OS threads with blocking sockets, one per socket or connection: no async
 //! runtime sits between the clock and the wire, which keeps the generator cheap enough not to be
 //! the bottleneck on the small machines it shares with the server it measures.

@@ -10,7 +10,7 @@ use super::Report;
 const WIDTH: f64 = 860.0;
 const HEIGHT: f64 = 500.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 40.0;
+const RIGHT: f64 = 60.0;
 const TOP: f64 = 80.0;
 const BOTTOM: f64 = 70.0;
 /// The x axis ends at 99.999%: beyond it there are too few samples in a run to mean anything.
@@ -66,7 +66,13 @@ pub fn latency_svg(report: &Report) -> String {
         report.answered, report.sent, report.lost, report.qps, report.latency_ms.max
     );
 
-    // Horizontal grid lines and y labels.
+    // Horizontal grid lines and y labels (the axis title carries the unit).
+    let decimals = match y_max / 5.0 {
+        step if step >= 1.0 => 0,
+        step if step >= 0.1 => 1,
+        step if step >= 0.01 => 2,
+        _ => 3,
+    };
     for step in 0..=5 {
         let millis = y_max * f64::from(step) / 5.0;
         let y = y_of(millis);
@@ -77,10 +83,9 @@ pub fn latency_svg(report: &Report) -> String {
         );
         let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="end" fill="#333">{}</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="end" fill="#333">{millis:.decimals$}</text>"##,
             LEFT - 8.0,
             y + 4.0,
-            format_millis(millis)
         );
     }
     // Vertical grid lines at each nine.
@@ -115,7 +120,7 @@ pub fn latency_svg(report: &Report) -> String {
     );
     let _ = writeln!(
         svg,
-        r##"<text transform="translate(22 {:.1}) rotate(-90)" font-size="14" text-anchor="middle" fill="#222">latency (ms)</text>"##,
+        r##"<text transform="translate(20 {:.1}) rotate(-90)" font-size="14" text-anchor="middle" fill="#222">latency (ms)</text>"##,
         TOP + plot_height / 2.0
     );
 
@@ -155,12 +160,19 @@ pub fn latency_svg(report: &Report) -> String {
                 svg,
                 r##"<circle cx="{x:.1}" cy="{y:.1}" r="4.5" fill="#d9480f"/>"##
             );
+            // Above and to the left of the point, where a rising curve leaves room; to the right
+            // when that would cross the y axis. A white halo keeps the text readable on lines.
+            let label = format!("{name} {}", format_millis(millis));
+            let text_width = 7.5 * label.len() as f64;
+            let (label_x, anchor) = if x - 8.0 - text_width > LEFT {
+                (x - 8.0, "end")
+            } else {
+                (x + 8.0, "start")
+            };
             let _ = writeln!(
                 svg,
-                r##"<text x="{:.1}" y="{:.1}" font-size="13" fill="#d9480f">{name} {}</text>"##,
-                x + 7.0,
-                (y - 8.0).max(TOP + 12.0),
-                format_millis(millis)
+                r##"<text x="{label_x:.1}" y="{:.1}" font-size="13" font-weight="bold" text-anchor="{anchor}" fill="#d9480f" stroke="#ffffff" stroke-width="4" paint-order="stroke">{label}</text>"##,
+                (y - 8.0).max(TOP + 12.0)
             );
         }
     }

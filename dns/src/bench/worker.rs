@@ -197,8 +197,8 @@ enum Link {
 
 /// What a receive attempt produced.
 enum Received {
-    /// A whole DNS message, in `message_buffer`.
-    Message,
+    /// A whole DNS message of this length, at the start of the message buffer.
+    Message(usize),
     /// Nothing before the tick ended.
     Nothing,
     /// The TCP peer closed the connection or broke framing.
@@ -270,19 +270,14 @@ impl Link {
         Ok(())
     }
 
-    fn receive(&mut self, message: &mut Vec<u8>) -> io::Result<Received> {
+    /// Receive into `message`, which holds the largest DNS message (64 KiB).
+    fn receive(&mut self, message: &mut [u8]) -> io::Result<Received> {
         match self {
-            Self::Udp(socket) => {
-                message.resize(usize::from(u16::MAX), 0);
-                match socket.recv(message) {
-                    Ok(length) => {
-                        message.truncate(length);
-                        Ok(Received::Message)
-                    }
-                    Err(err) if is_quiet(&err) => Ok(Received::Nothing),
-                    Err(err) => Err(err),
-                }
-            }
+            Self::Udp(socket) => match socket.recv(message) {
+                Ok(length) => Ok(Received::Message(length)),
+                Err(err) if is_quiet(&err) => Ok(Received::Nothing),
+                Err(err) => Err(err),
+            },
             Self::Tcp {
                 stream,
                 read_buffer,
@@ -293,10 +288,9 @@ impl Link {
                 if available.len() >= 2 {
                     let length = usize::from(u16::from_be_bytes([available[0], available[1]]));
                     if available.len() >= 2 + length {
-                        message.clear();
-                        message.extend_from_slice(&available[2..2 + length]);
+                        message[..length].copy_from_slice(&available[2..2 + length]);
                         *consumed += 2 + length;
-                        return Ok(Received::Message);
+                        return Ok(Received::Message(length));
                     }
                 }
                 // Move the partial frame to the front so a whole frame always fits.
@@ -347,7 +341,7 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
     let mut outstanding = Outstanding::new();
     let mut query_buffer = Vec::with_capacity(512);
     let mut write_buffer = Vec::new();
-    let mut message = Vec::with_capacity(usize::from(u16::MAX));
+    let mut message = vec![0u8; usize::from(u16::MAX)];
     let mut done_sending = false;
     let start = Instant::now();
     let mut paced_sends: u64 = 0;
@@ -417,7 +411,8 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
                 }
                 link = reconnect(config, tick)?;
             }
-            Received::Message => {
+            Received::Message(length) => {
+                let message = &message[..length];
                 // Not a reply (too short, or the QR bit unset): ignore it like a stray datagram.
                 if message.len() < 12 || message[2] & 0x80 == 0 {
                     continue;
