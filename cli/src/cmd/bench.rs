@@ -31,7 +31,7 @@ pub(crate) struct BenchDnsArgs {
     /// How long to run, e.g. 10s.
     #[arg(long, value_name = "DURATION", conflicts_with = "count")]
     pub(crate) duration: Option<humantime::Duration>,
-    /// Stop after this many queries.
+    /// Stop after this many queries. Without --count or --duration: each query in the file once.
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
     /// Queries kept outstanding at once.
