@@ -119,7 +119,8 @@ impl Responder {
         responder
     }
 
-    fn tcp() -> Self {
+    /// A TCP responder; with `close_after`, each connection is closed after that many queries.
+    fn tcp(close_after: Option<u64>) -> Self {
         let mut responder = Self::new();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -137,7 +138,7 @@ impl Responder {
                         let (received, max_frames, stop) =
                             (received.clone(), max_frames.clone(), stop.clone());
                         connections.push(std::thread::spawn(move || {
-                            serve_tcp(stream, &received, &max_frames, &stop);
+                            serve_tcp(stream, &received, &max_frames, &stop, close_after);
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -156,6 +157,7 @@ fn serve_tcp(
     received: &AtomicU64,
     max_frames: &AtomicUsize,
     stop: &AtomicBool,
+    close_after: Option<u64>,
 ) {
     stream.set_nonblocking(false).unwrap();
     stream
@@ -163,6 +165,7 @@ fn serve_tcp(
         .unwrap();
     let mut pending = Vec::new();
     let mut chunk = [0u8; 8192];
+    let mut answered_here = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let read = match stream.read(&mut chunk) {
             Ok(0) => return,
@@ -180,6 +183,12 @@ fn serve_tcp(
             let query: Vec<u8> = pending.drain(..2 + length).skip(2).collect();
             frames += 1;
             received.fetch_add(1, Ordering::Relaxed);
+            if close_after.is_some_and(|limit| answered_here >= limit) {
+                // Drop the connection with queries unanswered, as a server at its limit does.
+                let _ = stream.write_all(&replies);
+                return;
+            }
+            answered_here += 1;
             if let Some(reply) = reply_to(&query) {
                 replies.extend_from_slice(&(reply.len() as u16).to_be_bytes());
                 replies.extend_from_slice(&reply);
@@ -311,7 +320,7 @@ fn duration_stops_sending_and_counts_add_up() {
 
 #[test]
 fn tcp_pipelines_queries_on_a_connection() {
-    let responder = Responder::tcp();
+    let responder = Responder::tcp(None);
     let mut config = config(responder.addr, Stop::Count(600));
     config.transport = Transport::Tcp;
     config.load = Load::Concurrency(32);
@@ -325,6 +334,25 @@ fn tcp_pipelines_queries_on_a_connection() {
     assert!(
         responder.max_frames_per_read.load(Ordering::Relaxed) > 1,
         "queries were never pipelined: the server never read two frames at once"
+    );
+}
+
+#[test]
+fn tcp_reconnects_when_the_server_closes_and_counts_the_rest_lost() {
+    let responder = Responder::tcp(Some(50));
+    let mut config = config(responder.addr, Stop::Count(400));
+    config.transport = Transport::Tcp;
+    config.load = Load::Concurrency(8);
+    config.sockets = 1;
+    let report = run(&config);
+
+    assert_eq!(report.sent, 400);
+    assert_eq!(report.sent, report.answered + report.lost);
+    // One connection cannot have carried 400 queries: the generator reconnected.
+    assert!(report.answered > 50, "never reconnected: {report:?}");
+    assert!(
+        report.lost > 0,
+        "queries in flight on a closed connection must count lost"
     );
 }
 

@@ -55,7 +55,8 @@ pub enum Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Load {
-    /// Keep this many queries outstanding in total (closed loop, like dnsperf's `-q`).
+    /// Keep this many queries outstanding in total (closed loop, like dnsperf's `-q`); at most
+    /// 60 000 per socket, so that the 16-bit IDs on a socket tell its queries apart.
     Concurrency(usize),
     /// Send this many queries per second in total, whatever the replies do (open loop, `-Q`).
     Rate(u64),

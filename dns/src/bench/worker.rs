@@ -359,7 +359,9 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
 
         if !done_sending {
             let mut allowed = match share {
-                Share::Window(window) => window.saturating_sub(outstanding.count),
+                Share::Window(window) => window
+                    .min(MAX_OUTSTANDING_PER_SOCKET)
+                    .saturating_sub(outstanding.count),
                 Share::Rate(rate) => {
                     // Sends owed by now on a fixed schedule, so a slow loop catches up.
                     let owed = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
