@@ -368,6 +368,9 @@ fn silent_server_loses_every_query_without_failing() {
     let report = run(&config);
 
     assert_eq!((report.sent, report.answered, report.lost), (20, 0, 20));
+    let text = report.to_string();
+    assert!(text.contains("Queries lost:     20 (100.00%)"), "{text}");
+    assert!(text.contains("Latency (ms):     no replies"), "{text}");
 }
 
 #[test]

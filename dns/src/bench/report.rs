@@ -181,6 +181,10 @@ impl fmt::Display for Report {
             .iter()
             .map(|(name, count)| format!("{name} {count}"))
             .collect();
+        if self.answered == 0 {
+            writeln!(f, "Response codes:   none (no replies)")?;
+            return writeln!(f, "Latency (ms):     no replies");
+        }
         writeln!(f, "Response codes:   {}", rcodes.join(", "))?;
         let l = &self.latency_ms;
         writeln!(
