@@ -73,14 +73,6 @@ fn closed_stdout_is_not_an_error() {
 /// until then it must fail loudly rather than pretend.
 const NOT_BUILT_YET: &[&[&str]] = &[
     &["dns", "serve"],
-    &[
-        "bench",
-        "dns",
-        "--server",
-        "127.0.0.1:53",
-        "--queries",
-        "q.txt",
-    ],
     &["counters", "get", "k", "--node", "127.0.0.1:1"],
     &["kv", "get", "k"],
     &["node"],

@@ -51,3 +51,10 @@ pub use wire::{
     MAX_MESSAGE_LEN, WireError, build_query, dname_rdata, dname_target, frame_tcp, parse_message,
     split_tcp_frames,
 };
+
+pub mod bench;
+mod packet_cache;
+pub use packet_cache::{
+    CacheInsertError, ManualClock, MillisClock, MonotonicClock, PacketCache, PacketCacheConfig,
+    PacketCacheConfigError, ParsedQuery, QueryEdns, QueryParseError, parse_query,
+};

@@ -1,8 +1,16 @@
 //! `edgekit bench ...`: load generators that measure a running service.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use edgekit_dns::bench::{self, BenchConfig, Load, Stop, Transport};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::GlobalOpts;
 
@@ -23,7 +31,7 @@ pub(crate) struct BenchDnsArgs {
     /// How long to run, e.g. 10s.
     #[arg(long, value_name = "DURATION", conflicts_with = "count")]
     pub(crate) duration: Option<humantime::Duration>,
-    /// Stop after this many queries.
+    /// Stop after this many queries. Without --count or --duration: each query in the file once.
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
     /// Queries kept outstanding at once.
@@ -41,10 +49,97 @@ pub(crate) struct BenchDnsArgs {
     /// Write a latency-percentile chart (SVG).
     #[arg(long, value_name = "FILE")]
     pub(crate) plot: Option<PathBuf>,
+    /// A query without a reply within this long counts as lost.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub(crate) timeout: humantime::Duration,
+    /// UDP sockets (or TCP connections) to spread the queries over.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) sockets: usize,
 }
 
 pub(crate) fn run(command: BenchCommand, _global: &GlobalOpts) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Dns(_) => Err(super::not_built("bench dns", 6)),
+        BenchCommand::Dns(args) => bench_dns(&args),
     }
+}
+
+fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
+    let queries = bench::load_query_file(&args.queries)?;
+    // Without --duration or --count, go through the query file once, as dnsperf does.
+    let stop = match (args.duration, args.count) {
+        (Some(duration), _) => Stop::Duration(duration.into()),
+        (None, Some(count)) => Stop::Count(count),
+        (None, None) => Stop::Count(queries.len() as u64),
+    };
+    let mut config = BenchConfig::new(args.server, stop);
+    config.load = match args.rate {
+        Some(rate) => Load::Rate(rate),
+        None => Load::Concurrency(args.concurrency),
+    };
+    config.transport = if args.tcp {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    config.timeout = args.timeout.into();
+    config.sockets = args.sockets;
+    config.validate()?;
+
+    let live = bench::LiveStats::default();
+    let progress = progress_bar(stop, !args.json && std::io::stderr().is_terminal());
+    let report = std::thread::scope(|scope| {
+        let runner = scope.spawn(|| bench::run(&config, &queries, &live));
+        while !runner.is_finished() {
+            progress.set_position(live.sent());
+            progress.set_message(format!(
+                "answered {}, lost {}",
+                live.answered(),
+                live.lost()
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        runner
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    progress.finish_and_clear();
+    let report = report?;
+
+    if let Some(path) = &args.plot {
+        std::fs::write(path, bench::latency_svg(&report))
+            .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &report)?;
+        writeln!(stdout)?;
+    } else {
+        write!(stdout, "{report}")?;
+    }
+    stdout.flush()?;
+    if report.answered == 0 {
+        anyhow::bail!("{} answered none of {} queries", args.server, report.sent);
+    }
+    Ok(())
+}
+
+/// A bar over queries sent (for --count) or a spinner (for --duration), on stderr only when a
+/// person is watching it.
+fn progress_bar(stop: Stop, visible: bool) -> ProgressBar {
+    let bar = match stop {
+        Stop::Count(count) => ProgressBar::new(count).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} sent, {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        _ => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {pos} sent, {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(if visible {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    bar
 }
