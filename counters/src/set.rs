@@ -144,8 +144,10 @@ pub struct Acknowledged {
 ///   [`delta_since`](Self::delta_since) returns every key changed after a version (version `0`:
 ///   full state). Versions are assigned when a change is *observed* by `delta_since` (or merged),
 ///   not per increment, so the increment path stays one atomic operation.
-/// - **Memory:** about 170 bytes per key for a `u64` key counted by one node (measured by
-///   `tests/memory.rs`; docs/benchmarks.md), plus 24 bytes per other node that counted the key.
+/// - **Memory:** about 140 bytes per `u64` key counted by this node alone, plus 24 bytes per
+///   other node that counted the key (measured by `tests/memory.rs`, see docs/benchmarks.md).
+///   A key that many threads hammer at once also allocates its cache-padded cells
+///   (128 bytes per core).
 ///
 /// Handles are cheap to clone and share one set.
 ///
@@ -559,6 +561,9 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
                 }
                 Err(at) => {
                     if *count != PnCount::ZERO {
+                        // Grow by exactly one: a key rarely has many nodes, and millions of keys
+                        // with Vec's default spare capacity would waste 72 bytes each.
+                        meta.remote.reserve_exact(1);
                         meta.remote.insert(at, (local, *count));
                         changed = true;
                     }
