@@ -51,7 +51,7 @@ fn increments(c: &mut Criterion) {
         group.bench_function("edgekit Counter", |b| {
             b.iter_custom(|iters| parallel(threads, iters, &|_, _| ours.incr()));
         });
-        assert!(ours.value() > 0);
+        black_box(ours.value());
 
         let shared = AtomicU64::new(0);
         group.bench_function("shared AtomicU64", |b| {
