@@ -1,0 +1,652 @@
+//! [`CounterSet`]: millions of replicated counters by key, without a global lock.
+
+use std::{
+    borrow::Borrow,
+    collections::HashMap,
+    fmt,
+    hash::{BuildHasher, Hash, RandomState},
+    sync::Arc,
+    time::Duration,
+};
+
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, RwLock};
+
+use crate::{Clock, Delta, NodeId, PnCount, PnState, SystemClock, adder::Adder, pn::clamp_i64};
+
+/// How a [`CounterSet`] is laid out and when it forgets idle keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CounterSetConfig {
+    /// Number of independently locked shards, a power of two; `0` picks
+    /// `max(64, 8 x available parallelism)` rounded up to a power of two.
+    pub shards: usize,
+    /// Forget a key once neither local increments nor merges changed it for this long, as
+    /// observed by [`CounterSet::expire_idle`]. `None` (the default) keeps every key.
+    ///
+    /// Expiry forgets state *on this node only*. If the key is counted again here later, this
+    /// node's entry restarts from zero, and peers that still hold the old, larger entry keep the
+    /// maximum: increments are lost until the new entry passes the old one. Use expiry for
+    /// ephemeral counting (per-client request rates); keep it off for replicated exact totals.
+    #[serde(with = "optional_seconds")]
+    pub idle_ttl: Option<Duration>,
+}
+
+impl CounterSetConfig {
+    /// The default layout: automatic shard count, no expiry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set [`shards`](Self::shards).
+    #[must_use]
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Set [`idle_ttl`](Self::idle_ttl).
+    #[must_use]
+    pub fn idle_ttl(mut self, idle_ttl: Option<Duration>) -> Self {
+        self.idle_ttl = idle_ttl;
+        self
+    }
+
+    /// Check every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards != 0 && (!self.shards.is_power_of_two() || self.shards > MAX_SHARDS) {
+            return Err(ConfigError::Shards(self.shards));
+        }
+        if self.idle_ttl == Some(Duration::ZERO) {
+            return Err(ConfigError::IdleTtlZero);
+        }
+        Ok(())
+    }
+
+    fn shard_count(&self) -> usize {
+        if self.shards != 0 {
+            return self.shards;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores * 8).max(64).next_power_of_two().min(MAX_SHARDS)
+    }
+}
+
+const MAX_SHARDS: usize = 1 << 16;
+
+mod optional_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => serializer.serialize_some(&duration.as_secs_f64()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let seconds = Option::<f64>::deserialize(deserializer)?;
+        seconds
+            .map(|s| Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A [`CounterSetConfig`] field with a value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `shards` is not 0 or a power of two up to 65536.
+    #[error("shards = {0}: must be 0 (automatic) or a power of two from 1 to 65536")]
+    Shards(usize),
+    /// `idle_ttl` is zero, which would forget every key at once.
+    #[error("idle_ttl = 0s: must be positive, or absent to keep keys forever")]
+    IdleTtlZero,
+}
+
+/// What [`CounterSet::merge`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MergeReport {
+    /// Keys whose state changed.
+    pub changed_keys: usize,
+    /// The delta did not continue from what this set had acknowledged of the sender (a gap, or a
+    /// new incarnation): its content was merged, but the acknowledgement did not advance. Ask the
+    /// sender for its full state.
+    pub needs_full_state: bool,
+}
+
+/// How far this set has merged another node's changes: versions of that node's incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Acknowledged {
+    /// The sender's incarnation.
+    pub incarnation: u64,
+    /// Every change of that incarnation up to this version has been merged.
+    pub version: u64,
+}
+
+/// Millions of counters by key (client IP, API key, ...), replicated as a delta-state CRDT.
+///
+/// - **Counting** is lock-free per key: keys live in shards behind read-write locks, and an
+///   increment holds a shard's *read* lock while it does one atomic add on the key's entry, so
+///   threads never wait for each other unless one of them inserts a new key into the same shard.
+///   A hot key spreads its threads over cache-padded cells like [`Counter`](crate::Counter).
+/// - **Replication:** each key's state is a map node id -> [`PnCount`]; this node's increments go
+///   to its own entry only, and [`merge`](Self::merge) takes the per-node maximum.
+///   [`delta_since`](Self::delta_since) returns every key changed after a version (version `0`:
+///   full state). Versions are assigned when a change is *observed* by `delta_since` (or merged),
+///   not per increment, so the increment path stays one atomic operation.
+/// - **Memory:** about 140 bytes per `u64` key counted by this node alone, plus 24 bytes per
+///   other node that counted the key (measured by `tests/memory.rs`, see docs/benchmarks.md).
+///   A key that many threads hammer at once also allocates its cache-padded cells
+///   (128 bytes per core).
+///
+/// Handles are cheap to clone and share one set.
+///
+/// ```
+/// use edgekit_counters::{CounterSet, NodeId};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let paris = CounterSet::<String>::new(NodeId::new("paris")?);
+/// let tokyo = CounterSet::<String>::new(NodeId::new("tokyo")?);
+/// paris.add("api-key-1", 3);
+/// tokyo.add("api-key-1", 4);
+/// tokyo.add("api-key-1", -1);
+///
+/// // Ship state both ways (over any transport: `Delta::encode` / `Delta::decode`).
+/// let from_tokyo = tokyo.delta_since(0);
+/// paris.merge(&edgekit_counters::Delta::decode(&from_tokyo.encode())?);
+/// tokyo.merge(&paris.delta_since(0));
+/// assert_eq!(paris.get("api-key-1"), 6);
+/// assert_eq!(tokyo.get("api-key-1"), 6);
+/// # Ok(())
+/// # }
+/// ```
+pub struct CounterSet<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for CounterSet<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K> fmt::Debug for CounterSet<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CounterSet")
+            .field("node", &self.inner.node)
+            .field("incarnation", &self.inner.incarnation)
+            .field("shards", &self.inner.shards.len())
+            .field("idle_ttl", &self.inner.idle_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+type Shard<K> = CachePadded<RwLock<HashMap<K, Entry, RandomState>>>;
+
+struct Inner<K> {
+    node: NodeId,
+    incarnation: u64,
+    hasher: RandomState,
+    shards: Box<[Shard<K>]>,
+    /// Node ids by index; index 0 is this node. Keys' remote entries refer to these indexes.
+    nodes: RwLock<NodeTable>,
+    /// Serialises version assignment, so a delta's `until` covers exactly what it observed.
+    replication: Mutex<Replication>,
+    clock: Arc<dyn Clock>,
+    idle_ttl: Option<Duration>,
+}
+
+#[derive(Default)]
+struct NodeTable {
+    ids: Vec<NodeId>,
+    index: HashMap<NodeId, u32>,
+}
+
+impl NodeTable {
+    fn intern(&mut self, id: &NodeId) -> u32 {
+        if let Some(index) = self.index.get(id) {
+            return *index;
+        }
+        let index = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.push(id.clone());
+        self.index.insert(id.clone(), index);
+        index
+    }
+}
+
+#[derive(Default)]
+struct Replication {
+    version: u64,
+    acknowledged: HashMap<NodeId, Acknowledged>,
+}
+
+struct Entry {
+    local: Adder,
+    meta: Mutex<Meta>,
+}
+
+struct Meta {
+    /// Set version of the last observed change to this key.
+    version: u64,
+    /// Our own entry as last observed (by a delta or a sweep).
+    observed: PnCount,
+    /// Clock time (ms) when a change was last observed, for idle expiry.
+    changed_at_ms: u64,
+    /// Other nodes' entries, by node index, sorted.
+    remote: Vec<(u32, PnCount)>,
+}
+
+impl Entry {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            local: Adder::default(),
+            meta: Mutex::new(Meta {
+                version: 0,
+                observed: PnCount::ZERO,
+                changed_at_ms: now_ms,
+                remote: Vec::new(),
+            }),
+        }
+    }
+
+    fn totals(&self) -> PnCount {
+        let own = self.local.sum();
+        let meta = self.meta.lock();
+        meta.remote
+            .iter()
+            .fold(own, |sum, (_, count)| sum.saturating_sum(*count))
+    }
+}
+
+impl Meta {
+    /// Record our own entry's current value; a change gets the next version.
+    fn observe(&mut self, own: PnCount, replication: &mut Replication, now_ms: u64) {
+        if own != self.observed {
+            self.observed = own;
+            self.bump(replication, now_ms);
+        }
+    }
+
+    fn bump(&mut self, replication: &mut Replication, now_ms: u64) {
+        replication.version += 1;
+        self.version = replication.version;
+        self.changed_at_ms = now_ms;
+    }
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from the OS's randomness, which is all an incarnation needs.
+    RandomState::new().hash_one(0xed6e_u64)
+}
+
+impl<K: Hash + Eq + Clone> CounterSet<K> {
+    /// An empty set for `node`, with the default layout and the system clock.
+    pub fn new(node: NodeId) -> Self {
+        Self::build(node, &CounterSetConfig::default(), Arc::new(SystemClock))
+    }
+
+    /// An empty set with `config` (validated) and `clock` (used for idle expiry).
+    pub fn with_config(
+        node: NodeId,
+        config: &CounterSetConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::build(node, config, clock))
+    }
+
+    fn build(node: NodeId, config: &CounterSetConfig, clock: Arc<dyn Clock>) -> Self {
+        let hasher = RandomState::new();
+        let shards = (0..config.shard_count())
+            .map(|_| CachePadded::new(RwLock::new(HashMap::with_hasher(hasher.clone()))))
+            .collect();
+        let mut nodes = NodeTable::default();
+        nodes.intern(&node);
+        Self {
+            inner: Arc::new(Inner {
+                node,
+                incarnation: random_u64(),
+                hasher,
+                shards,
+                nodes: RwLock::new(nodes),
+                replication: Mutex::new(Replication::default()),
+                clock,
+                idle_ttl: config.idle_ttl,
+            }),
+        }
+    }
+
+    /// This node's id: the entry local increments go to.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    /// This set's incarnation (random, drawn at creation): versions are only comparable within it.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K> {
+        let hash = self.inner.hasher.hash_one(key);
+        // The map uses the low bits of the same hash; the high bits pick the shard.
+        let index = (hash >> 40) as usize & (self.inner.shards.len() - 1);
+        &self.inner.shards[index]
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Add `by` to `key` (negative subtracts), creating the key if needed.
+    #[inline]
+    pub fn add<Q>(&self, key: &Q, by: i64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let shard = self.shard(key);
+        if let Some(entry) = shard.read().get(key) {
+            entry.local.add(by);
+            return;
+        }
+        let now_ms = self.now_ms();
+        shard
+            .write()
+            .entry(key.to_owned())
+            .or_insert_with(|| Entry::new(now_ms))
+            .local
+            .add(by);
+    }
+
+    /// Add one to `key`.
+    #[inline]
+    pub fn incr<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.add(key, 1);
+    }
+
+    /// The key's value across every node this set has heard from (0 for an unknown key),
+    /// clamped to the `i64` range.
+    pub fn get<Q>(&self, key: &Q) -> i64
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        clamp_i64(self.totals(key).value())
+    }
+
+    /// The key's increments and decrements summed over every node.
+    pub fn totals<Q>(&self, key: &Q) -> PnCount
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shard(key)
+            .read()
+            .get(key)
+            .map_or(PnCount::ZERO, Entry::totals)
+    }
+
+    /// The key's full replicated state: every node's entry.
+    pub fn state<Q>(&self, key: &Q) -> PnState
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut state = PnState::new();
+        let shard = self.shard(key).read();
+        let Some(entry) = shard.get(key) else {
+            return state;
+        };
+        let own = entry.local.sum();
+        let remote = entry.meta.lock().remote.clone();
+        drop(shard);
+        if own != PnCount::ZERO {
+            state.merge_entry(&self.inner.node, own);
+        }
+        let nodes = self.inner.nodes.read();
+        for (index, count) in remote {
+            state.merge_entry(&nodes.ids[index as usize], count);
+        }
+        state
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| shard.read().len())
+            .sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every key held, in no particular order (a snapshot; keys may come and go meanwhile).
+    pub fn keys(&self) -> Vec<K> {
+        let mut keys = Vec::new();
+        for shard in &*self.inner.shards {
+            keys.extend(shard.read().keys().cloned());
+        }
+        keys
+    }
+
+    /// Everything changed after `since` (a version from an earlier delta's
+    /// [`until`](Delta::until)); `0` gives the full state.
+    ///
+    /// Observes every key's own entry first (an O(keys) scan), so it is meant to be called once
+    /// per replication interval, not per request.
+    pub fn delta_since(&self, since: u64) -> Delta<K> {
+        let now_ms = self.now_ms();
+        let mut replication = self.inner.replication.lock();
+        let mut keys = Vec::new();
+        for shard in &*self.inner.shards {
+            for (key, entry) in shard.read().iter() {
+                let own = entry.local.sum();
+                let mut meta = entry.meta.lock();
+                meta.observe(own, &mut replication, now_ms);
+                if meta.version > since {
+                    let mut entries = Vec::with_capacity(1 + meta.remote.len());
+                    if own != PnCount::ZERO {
+                        entries.push((0, own));
+                    }
+                    entries.extend_from_slice(&meta.remote);
+                    keys.push((key.clone(), entries));
+                }
+            }
+        }
+        Delta {
+            origin: self.inner.node.clone(),
+            incarnation: self.inner.incarnation,
+            since,
+            until: replication.version,
+            nodes: self.inner.nodes.read().ids.clone(),
+            keys,
+        }
+    }
+
+    /// The delta a peer needs, given what it acknowledged of this set: the changes since its
+    /// acknowledged version if it is of this incarnation, the full state otherwise.
+    pub fn delta_for(&self, acknowledged: Option<Acknowledged>) -> Delta<K> {
+        match acknowledged {
+            Some(ack) if ack.incarnation == self.inner.incarnation => self.delta_since(ack.version),
+            _ => self.delta_since(0),
+        }
+    }
+
+    /// Merge a delta or full state from another node (per-node maximum), and advance what this
+    /// set acknowledges of the sender when the delta continues from there.
+    ///
+    /// An entry for *this* node raises the local count to it: that is how a node that lost its
+    /// own entry (restart without persistence) gets it back from peers. Do that before counting
+    /// again; increments made before recovery are then absorbed by the maximum.
+    pub fn merge(&self, delta: &Delta<K>) -> MergeReport {
+        let now_ms = self.now_ms();
+        let local_index: Vec<u32> = {
+            let mut nodes = self.inner.nodes.write();
+            delta.nodes.iter().map(|id| nodes.intern(id)).collect()
+        };
+        let mut replication = self.inner.replication.lock();
+        let mut changed_keys = 0;
+        for (key, entries) in &delta.keys {
+            let shard = self.shard(key);
+            let guard = shard.read();
+            let changed = if let Some(entry) = guard.get(key) {
+                self.merge_entry(entry, entries, &local_index, &mut replication, now_ms)
+            } else {
+                drop(guard);
+                let mut guard = shard.write();
+                let entry = guard
+                    .entry(key.clone())
+                    .or_insert_with(|| Entry::new(now_ms));
+                self.merge_entry(entry, entries, &local_index, &mut replication, now_ms)
+            };
+            changed_keys += usize::from(changed);
+        }
+        let needs_full_state = !Self::acknowledge(&mut replication, delta);
+        MergeReport {
+            changed_keys,
+            needs_full_state,
+        }
+    }
+
+    fn merge_entry(
+        &self,
+        entry: &Entry,
+        entries: &[(u32, PnCount)],
+        local_index: &[u32],
+        replication: &mut Replication,
+        now_ms: u64,
+    ) -> bool {
+        let mut meta = entry.meta.lock();
+        let own_before = entry.local.sum();
+        meta.observe(own_before, replication, now_ms);
+        let mut changed = false;
+        for (index, count) in entries {
+            let Some(&local) = local_index.get(*index as usize) else {
+                continue;
+            };
+            if local == 0 {
+                if entry.local.raise_to(*count) {
+                    meta.observed = entry.local.sum();
+                    changed = true;
+                }
+                continue;
+            }
+            match meta.remote.binary_search_by_key(&local, |(i, _)| *i) {
+                Ok(at) => {
+                    let merged = meta.remote[at].1.merged(*count);
+                    if merged != meta.remote[at].1 {
+                        meta.remote[at].1 = merged;
+                        changed = true;
+                    }
+                }
+                Err(at) => {
+                    if *count != PnCount::ZERO {
+                        // Grow by exactly one: a key rarely has many nodes, and millions of keys
+                        // with Vec's default spare capacity would waste 72 bytes each.
+                        meta.remote.reserve_exact(1);
+                        meta.remote.insert(at, (local, *count));
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            meta.bump(replication, now_ms);
+        }
+        changed
+    }
+
+    /// Advance the acknowledgement of `delta`'s sender; `false` when it does not continue.
+    fn acknowledge(replication: &mut Replication, delta: &Delta<K>) -> bool {
+        let continues = match replication.acknowledged.get(&delta.origin) {
+            _ if delta.since == 0 => true,
+            Some(ack) => ack.incarnation == delta.incarnation && ack.version >= delta.since,
+            None => false,
+        };
+        if continues {
+            let ack = replication
+                .acknowledged
+                .entry(delta.origin.clone())
+                .or_insert(Acknowledged {
+                    incarnation: delta.incarnation,
+                    version: 0,
+                });
+            if ack.incarnation != delta.incarnation {
+                *ack = Acknowledged {
+                    incarnation: delta.incarnation,
+                    version: 0,
+                };
+            }
+            ack.version = ack.version.max(delta.until);
+        }
+        continues
+    }
+
+    /// What this set has merged of `node`'s changes, to send back so it can reply with a delta.
+    pub fn acknowledged(&self, node: &NodeId) -> Option<Acknowledged> {
+        self.inner
+            .replication
+            .lock()
+            .acknowledged
+            .get(node)
+            .copied()
+    }
+
+    /// Forget keys idle for at least the configured `idle_ttl`; returns how many were removed.
+    /// Does nothing without an `idle_ttl`. Call it periodically (e.g. every few seconds).
+    pub fn expire_idle(&self) -> usize {
+        let Some(ttl) = self.inner.idle_ttl else {
+            return 0;
+        };
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.now_ms();
+        let mut replication = self.inner.replication.lock();
+        let mut removed = 0;
+        for shard in &*self.inner.shards {
+            // The write lock stops increments in this shard, so what we observe is final.
+            shard.write().retain(|_, entry| {
+                let own = entry.local.sum();
+                let meta = entry.meta.get_mut();
+                meta.observe(own, &mut replication, now_ms);
+                let keep = now_ms.saturating_sub(meta.changed_at_ms) < ttl_ms;
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        removed
+    }
+
+    /// Forget every key for which `keep` returns false; returns how many were removed.
+    /// Like idle expiry, this forgets state on this node only.
+    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in &*self.inner.shards {
+            shard.write().retain(|key, _| {
+                let kept = keep(key);
+                removed += usize::from(!kept);
+                kept
+            });
+        }
+        removed
+    }
+}

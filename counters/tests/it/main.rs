@@ -1,0 +1,8 @@
+//! Integration tests of edgekit-counters, one binary (link time on 2 cores matters).
+
+mod concurrency;
+mod crdt_laws;
+mod delta_format;
+mod model;
+mod rate_limiter;
+mod set_basics;
