@@ -83,7 +83,6 @@ const NOT_BUILT_YET: &[&[&str]] = &[
         "q.txt",
     ],
     &["counters", "get", "k", "--node", "127.0.0.1:1"],
-    &["kv", "get", "k"],
     &["node"],
 ];
 
