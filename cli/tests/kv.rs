@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 struct Node {
     child: Child,
     addr: SocketAddr,
+    repl: Option<SocketAddr>,
 }
 
 impl Drop for Node {
@@ -45,23 +46,29 @@ fn start_node(data: &Path, extra: &[&str]) -> Node {
     let stderr = child.stderr.take().expect("piped stderr");
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut repl = None;
         let mut sender = Some(sender);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("replication listening on ") {
+                repl = Some(addr.to_owned());
+            }
             if let Some(addr) = line.strip_prefix("listening on ")
                 && let Some(sender) = sender.take()
             {
-                let _ = sender.send(addr.to_owned());
+                let _ = sender.send((addr.to_owned(), repl.clone()));
             }
         }
     });
     let mut node = Node {
         child,
         addr: "127.0.0.1:1".parse().unwrap(),
+        repl: None,
     };
-    let addr = receiver
-        .recv_timeout(Duration::from_secs(30))
+    let (addr, repl) = receiver
+        .recv_timeout(Duration::from_secs(60))
         .expect("the node prints `listening on ADDR`");
     node.addr = addr.parse().expect("a socket address");
+    node.repl = repl.map(|r| r.parse().expect("a socket address"));
     node
 }
 
@@ -451,4 +458,193 @@ fn client_subcommands_talk_to_a_node_in_text_and_json() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("cannot reach the kv node"));
+}
+
+async fn status_of(client: &reqwest::Client, node: &Node) -> Value {
+    client
+        .get(format!("http://{}/v1/status", node.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Write `count` batches of 50 keys at the root; returns the keys written.
+async fn write_batches(client: &reqwest::Client, root: &Node, first: usize, count: usize) {
+    for b in first..first + count {
+        let ops: Vec<Value> = (0..50)
+            .map(|k| json!({ "op": "put", "key": format!("tree/{b:04}/{k:02}"), "value": format!("{b}-{k}") }))
+            .collect();
+        let response = client
+            .post(format!("http://{}/v1/batch", root.addr))
+            .json(&ops)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "batch {b} acknowledged");
+    }
+}
+
+/// Wait (bounded) until `node` reports the root's sequence, then compare digests and contents.
+async fn assert_converged(client: &reqwest::Client, root: &Node, node: &Node, name: &str) {
+    let want = status_of(client, root).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = status_of(client, node).await;
+        if got["seq"] == want["seq"] {
+            assert_eq!(
+                got["digest"], want["digest"],
+                "{name}: digest differs at the same sequence"
+            );
+            assert_eq!(got["chain"], want["chain"], "{name}: chain differs");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never caught up: {got} vs root {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scan = |n: &Node| {
+        client
+            .get(format!("http://{}/v1/kv?prefix=tree/&limit=10000", n.addr))
+            .send()
+    };
+    let ours: Value = scan(node).await.unwrap().json().await.unwrap();
+    let roots: Value = scan(root).await.unwrap().json().await.unwrap();
+    assert_eq!(ours["items"], roots["items"], "{name}: contents differ");
+}
+
+/// An address of our own on loopback with a fixed port, so a restarted relay comes back where
+/// its replicas look for it. The process id keeps concurrent runs apart.
+fn fixed_relay_addr() -> String {
+    format!("127.0.0.{}:27183", 20 + std::process::id() % 200)
+}
+
+#[test]
+fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root = start_node(
+        dirs[0].path(),
+        &["--repl-listen", "127.0.0.1:0", "--retain-entries", "60"],
+    );
+    let root_repl = root.repl.expect("the root serves replication").to_string();
+    let relay_addr = fixed_relay_addr();
+    let relay_args = [
+        "--upstream",
+        root_repl.as_str(),
+        "--repl-listen",
+        relay_addr.as_str(),
+    ];
+    let mut relay = start_node(dirs[1].path(), &relay_args);
+    let leaf_args = ["--upstream", relay_addr.as_str()];
+    let mut leaf_a = start_node(dirs[2].path(), &leaf_args);
+    let leaf_b = start_node(dirs[3].path(), &leaf_args);
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root, 0, 30).await;
+        assert_converged(&client, &root, &leaf_a, "leaf a").await;
+
+        // A leaf killed with SIGKILL and restarted continues from its own position.
+        drop(leaf_a);
+        write_batches(&client, &root, 30, 20).await;
+        leaf_a = start_node(dirs[2].path(), &leaf_args);
+
+        // The relay killed and restarted at the same address; its leaves reconnect.
+        drop(relay);
+        write_batches(&client, &root, 50, 20).await;
+        relay = start_node(dirs[1].path(), &relay_args);
+        write_batches(&client, &root, 70, 30).await;
+
+        // By now the root's log starts well after 1: a new, empty leaf must bootstrap from a
+        // snapshot streamed while the root keeps writing.
+        let root_status = status_of(&client, &root).await;
+        assert!(
+            root_status["log_first"].as_u64().unwrap() > 1,
+            "{root_status}"
+        );
+        let new_dir = tempfile::tempdir().unwrap();
+        let new_leaf = start_node(
+            new_dir.path().join("leaf").as_path(),
+            &["--upstream", root_repl.as_str()],
+        );
+        write_batches(&client, &root, 100, 10).await;
+
+        for (node, name) in [
+            (&relay, "relay"),
+            (&leaf_a, "leaf a"),
+            (&leaf_b, "leaf b"),
+            (&new_leaf, "new leaf"),
+        ] {
+            assert_converged(&client, &root, node, name).await;
+        }
+        let relay_status = status_of(&client, &relay).await;
+        assert_eq!(relay_status["role"], "relay");
+        let leaf_status = status_of(&client, &leaf_b).await;
+        assert_eq!(leaf_status["role"], "replica");
+        assert_eq!(leaf_status["lag_entries"], 0);
+        assert_eq!(leaf_status["connected"], true);
+        assert_eq!(leaf_status["stopped"], Value::Null);
+
+        // Replicas are read-only, and say where writes go.
+        let (status, message) = error_of(
+            client
+                .put(format!("http://{}/v1/kv/tree/x", leaf_b.addr))
+                .body("x")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403);
+        assert!(
+            message.contains("read-only replica") && message.contains(&relay_addr),
+            "{message}"
+        );
+    });
+}
+
+#[test]
+fn a_replica_refuses_another_clusters_stream_and_keeps_serving_reads() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root_a = start_node(dirs[0].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let root_b = start_node(dirs[1].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let a_repl = root_a.repl.unwrap().to_string();
+    let b_repl = root_b.repl.unwrap().to_string();
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root_a, 0, 3).await;
+        write_batches(&client, &root_b, 0, 5).await;
+        let replica = start_node(dirs[2].path(), &["--upstream", a_repl.as_str()]);
+        assert_converged(&client, &root_a, &replica, "replica of a").await;
+        drop(replica);
+        // Pointed at another cluster's root: it must refuse, loudly, and apply nothing.
+        let replica = start_node(dirs[2].path(), &["--upstream", b_repl.as_str()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = status_of(&client, &replica).await;
+            if !status["stopped"].is_null() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the foreign stream was not refused: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            status["stopped"].as_str().unwrap().contains("cluster"),
+            "{status}"
+        );
+        assert_eq!(
+            status["seq"], 3,
+            "nothing from the foreign cluster was applied"
+        );
+        assert_eq!(
+            status["digest"],
+            status_of(&client, &root_a).await["digest"]
+        );
+    });
 }

@@ -229,6 +229,16 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn the_documented_example_entry_is_byte_exact() {
+        // docs/kv-format.md, "Log entry".
+        let bytes = encode_entry(1, &[Op::put("a", "xy")]);
+        let expected: &[u8] = &[
+            1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1, b'a', 0, 0, 0, 2, b'x', b'y',
+        ];
+        assert_eq!(bytes, expected);
+    }
+
     proptest! {
         #[test]
         fn entries_round_trip(seq in any::<u64>(), ops in proptest::collection::vec(op_strategy(), 0..8)) {

@@ -88,6 +88,15 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// The replication link failed or the upstream refused this replica. `fatal` errors (a
+    /// foreign cluster, diverged histories) stop replication; others are retried.
+    #[error("replication: {message}")]
+    Replication {
+        /// What happened.
+        message: String,
+        /// Whether retrying cannot help.
+        fatal: bool,
+    },
     /// The store's committer has shut down (the store is closing).
     #[error("the store is closed")]
     Closed,

@@ -32,10 +32,41 @@ pub const SEQ_HEADER: &str = "x-kv-seq";
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 const KV_PATH: &str = "/v1/kv/";
 
+/// What a node is, for its API: the root accepts writes; a replica refuses them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Role {
+    /// The only writer.
+    Root,
+    /// A read-only replica (a relay when it also serves replication).
+    Replica {
+        /// Its replication link's state.
+        status: Arc<crate::ReplicaStatus>,
+        /// Whether it serves downstream replicas.
+        relay: bool,
+    },
+}
+
 #[derive(Clone)]
 struct AppState {
     store: Store,
+    role: Role,
     metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    fn check_writable(&self) -> Result<(), ApiError> {
+        match &self.role {
+            Role::Root => Ok(()),
+            Role::Replica { status, .. } => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this node is a read-only replica of {}: send writes to the root",
+                    status.upstream()
+                ),
+            )),
+        }
+    }
 }
 
 struct Metrics {
@@ -92,11 +123,12 @@ impl Metrics {
     }
 }
 
-/// The API's routes over `store`, ready to be served (or tested with `tower::ServiceExt`).
-pub fn router(store: Store) -> Router {
+/// The API's routes over `store` for a node in `role`, ready to be served.
+pub fn router(store: Store, role: Role) -> Router {
     let body_limit = store.config().max_batch_bytes.saturating_mul(2) + 4096;
     let state = AppState {
         store,
+        role,
         metrics: Arc::new(Metrics::new()),
     };
     Router::new()
@@ -118,10 +150,11 @@ pub fn router(store: Store) -> Router {
 /// Serve the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     store: Store,
+    role: Role,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, router(store))
+    axum::serve(listener, router(store, role))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -198,6 +231,7 @@ async fn put_key(
     uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    state.check_writable()?;
     let key = key_from_uri(&uri)?;
     let seq = state
         .store
@@ -207,6 +241,7 @@ async fn put_key(
 }
 
 async fn delete_key(State(state): State<AppState>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    state.check_writable()?;
     let key = key_from_uri(&uri)?;
     let seq = state.store.write_async(Batch::new().delete(key)).await?;
     Ok(Json(json!({ "seq": seq })))
@@ -242,6 +277,7 @@ fn bytes_field(
 }
 
 async fn batch(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    state.check_writable()?;
     let ops: Vec<JsonOp> = serde_json::from_slice(&body).map_err(|err| {
         bad_request(format!(
             "the body must be a JSON list of {{\"op\":\"put\"|\"delete\",\"key\":..,\"value\":..}}: {err}"
@@ -396,7 +432,7 @@ async fn watch(
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let reader = state.store.reader().clone();
     let head = blocking(move || reader.head()).await?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "role": "root",
         "seq": head.seq,
         "digest": head.digest.to_hex(),
@@ -405,7 +441,19 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "log_first": head.log_first,
         "log_bytes": head.log_bytes,
         "format_version": crate::FORMAT_VERSION,
-    })))
+    });
+    if let Role::Replica { status, relay } = &state.role {
+        let upstream_head = status.upstream_head().max(head.seq);
+        answer["role"] = Value::from(if *relay { "relay" } else { "replica" });
+        answer["upstream"] = Value::from(status.upstream().to_string());
+        answer["connected"] = Value::from(status.is_connected());
+        answer["upstream_head"] = Value::from(upstream_head);
+        answer["lag_entries"] = Value::from(upstream_head - head.seq);
+        answer["ms_since_upstream_heard"] = json!(status.millis_since_heard());
+        answer["received_bytes"] = Value::from(status.received_bytes());
+        answer["stopped"] = json!(status.stopped_reason());
+    }
+    Ok(Json(answer))
 }
 
 /// A `Write` that forwards chunks to the response body.

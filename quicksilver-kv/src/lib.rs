@@ -54,6 +54,7 @@ mod error;
 mod hex;
 mod http;
 mod reader;
+mod repl;
 mod snapshot;
 mod store;
 mod watch;
@@ -66,8 +67,11 @@ pub use entry::{
 };
 pub use env::FORMAT_VERSION;
 pub use error::Error;
-pub use http::{MAX_SCAN_LIMIT, SEQ_HEADER, router, serve};
+pub use http::{MAX_SCAN_LIMIT, Role, SEQ_HEADER, router, serve};
 pub use reader::{Head, LogRecord, ReadView, Reader, ScanPage, Verified, Versioned};
+pub use repl::{
+    MAX_FRAME_LEN, PROTOCOL_VERSION, ReplicaStatus, follow, open_or_bootstrap, serve_replication,
+};
 pub use snapshot::SnapshotInfo;
 pub use store::{Store, StoreStats};
 pub use watch::{Watch, filter_ops};

@@ -307,6 +307,32 @@ impl Reader {
         Ok(records)
     }
 
+    /// The chain checksum after entry `seq` (genesis for 0), if this store can still tell:
+    /// [`Error::Compacted`] when `seq` is older than the retained log.
+    pub fn chain_at(&self, seq: u64) -> Result<[u8; 32], Error> {
+        let view = self.view()?;
+        let meta = view.meta()?;
+        if seq > meta.head {
+            return Err(Error::FutureSequence {
+                requested: seq,
+                head: meta.head,
+            });
+        }
+        if seq == meta.head {
+            return Ok(meta.chain);
+        }
+        if seq + 1 == meta.log_first {
+            return Ok(meta.log_base);
+        }
+        if seq + 1 < meta.log_first {
+            return Err(Error::Compacted {
+                requested: seq + 1,
+                first_retained: meta.log_first,
+            });
+        }
+        Ok(stored_record(&view, seq)?.checksum)
+    }
+
     /// Recompute everything: rescan the data for the digest and walk the retained log's chain.
     /// Any disagreement with `meta` is [`Error::Corrupt`].
     pub fn verify(&self) -> Result<Verified, Error> {

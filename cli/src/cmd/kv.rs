@@ -4,12 +4,13 @@ use std::{
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use quicksilver_kv::{Durability, Store, StoreConfig};
+use quicksilver_kv::{Durability, ReplicaStatus, Role, Store, StoreConfig};
 use serde_json::Value;
 
 use crate::args::GlobalOpts;
@@ -53,6 +54,16 @@ pub(crate) struct ServeArgs {
     /// Keep at most this many log entries (older ones are truncated in the background).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub(crate) retain_entries: u64,
+    /// Be a read-only replica of this upstream (the root or a relay) replication address.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) upstream: Option<SocketAddr>,
+    /// Serve the replication protocol to downstream replicas on this address (printed on
+    /// stderr as `replication listening on ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) repl_listen: Option<SocketAddr>,
+    /// Allow replication in clear text on a non-loopback address.
+    #[arg(long)]
+    pub(crate) insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,16 +163,59 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..StoreConfig::default()
     };
-    let store = Store::open(&args.data, config)
-        .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+    if let Some(addr) = args.repl_listen
+        && !addr.ip().is_loopback()
+        && !args.insecure
+    {
+        bail!(
+            "refusing to serve replication in clear text on {addr}: TLS for replication links \
+             is not built yet; use a loopback address or pass --insecure"
+        );
+    }
+    let (store, role) = match args.upstream {
+        None => {
+            let store = Store::open(&args.data, config)
+                .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+            (store, Role::Root)
+        }
+        Some(upstream) => {
+            let status = Arc::new(ReplicaStatus::new(upstream));
+            let store = quicksilver_kv::open_or_bootstrap(&args.data, config, upstream, &status)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open or bootstrap the replica in {}",
+                        args.data.display()
+                    )
+                })?;
+            tokio::spawn(quicksilver_kv::follow(
+                store.clone(),
+                upstream,
+                Arc::clone(&status),
+            ));
+            let relay = args.repl_listen.is_some();
+            (store, Role::Replica { status, relay })
+        }
+    };
+    if let Some(addr) = args.repl_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for replication on {addr}"))?;
+        eprintln!("replication listening on {}", listener.local_addr()?);
+        tokio::spawn(quicksilver_kv::serve_replication(
+            store.clone(),
+            listener,
+            std::future::pending(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .with_context(|| format!("cannot listen on {}", args.api))?;
     let bound = listener.local_addr()?;
     // The one line scripts and tests wait for; logs may be silenced, this may not.
     eprintln!("listening on {bound}");
-    tracing::info!(data = %args.data.display(), %bound, "kv root serving");
-    quicksilver_kv::serve(store, listener, shutdown_signal())
+    tracing::info!(data = %args.data.display(), %bound, ?role, "kv node serving");
+    quicksilver_kv::serve(store, role, listener, shutdown_signal())
         .await
         .context("the API server failed")
 }
