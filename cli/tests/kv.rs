@@ -648,3 +648,44 @@ fn a_replica_refuses_another_clusters_stream_and_keeps_serving_reads() {
         );
     });
 }
+
+#[test]
+fn garbage_on_the_replication_port_closes_that_connection_only() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let root = start_node(dir.path(), &["--repl-listen", "127.0.0.1:0"]);
+    let repl = root.repl.unwrap();
+    let mut hello_bad_magic = vec![0, 0, 0, 67, 0x01];
+    hello_bad_magic.extend_from_slice(&[b'X'; 66]);
+    let garbage: [&[u8]; 4] = [
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3], // a length far over the bound
+        &[0, 0, 0, 0],                      // a zero length
+        &hello_bad_magic,                   // a HELLO-sized frame with the wrong magic
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", // the wrong protocol entirely
+    ];
+    for bytes in garbage {
+        let mut socket = std::net::TcpStream::connect(repl).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        socket.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        let closed = match socket.read_to_end(&mut answer) {
+            Ok(_) => true,
+            Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(
+            closed,
+            "the upstream kept a garbage connection open ({bytes:?})"
+        );
+    }
+    // The process is fine, and a real replica still syncs.
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root, 0, 2).await;
+        let replica_dir = tempfile::tempdir().unwrap();
+        let repl = repl.to_string();
+        let replica = start_node(replica_dir.path(), &["--upstream", repl.as_str()]);
+        assert_converged(&client, &root, &replica, "replica").await;
+    });
+}
