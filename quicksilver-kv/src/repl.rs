@@ -30,6 +30,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A replica that hears nothing for this long reconnects.
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 const RECORDS_PER_READ: usize = 256;
+/// Replicated records queued at the committer before the replica waits for the oldest.
+const MAX_IN_FLIGHT: usize = 4096;
 
 const T_HELLO: u8 = 0x01;
 const T_WELCOME: u8 = 0x02;
@@ -393,7 +395,8 @@ async fn connect(upstream: SocketAddr) -> Result<TcpStream, Error> {
 }
 
 /// Open the replica's store in `dir`; when there is none yet, fetch a snapshot from `upstream`
-/// (retrying with backoff until `give_up` says stop) and restore it first.
+/// (retrying with backoff and jitter until it succeeds or the upstream refuses for good) and
+/// restore it first.
 pub async fn open_or_bootstrap(
     dir: &Path,
     config: StoreConfig,
@@ -541,8 +544,50 @@ async fn session(store: &Store, upstream: SocketAddr, status: &ReplicaStatus) ->
         &hello(head.cluster_id, head.seq, head.chain),
     )
     .await?;
+    // Records in flight to the committer, oldest first (see `Store::submit_replicated`).
+    let mut in_flight = InFlight::new();
+    let result = receive(&mut input, store, status, &mut in_flight).await;
+    // Whatever ended the session, let queued records land before the next HELLO reads our
+    // head, or the next session would be offered records we already applied. A refusal among
+    // them is the more important error.
+    let mut drained = Ok(());
+    for pending in in_flight.drain(..) {
+        if let Err(err) = pending.await
+            && drained.is_ok()
+        {
+            drained = Err(err);
+        }
+    }
+    drained?;
+    result
+}
+
+type InFlight =
+    std::collections::VecDeque<std::pin::Pin<Box<dyn Future<Output = Result<u64, Error>> + Send>>>;
+
+async fn receive<R: AsyncRead + Unpin>(
+    input: &mut R,
+    store: &Store,
+    status: &ReplicaStatus,
+    in_flight: &mut InFlight,
+) -> Result<(), Error> {
     loop {
-        let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut input))
+        // Collect finished applies without waiting, so a refusal surfaces promptly.
+        while let Some(front) = in_flight.front_mut() {
+            match futures::FutureExt::now_or_never(front) {
+                Some(result) => {
+                    result?;
+                    in_flight.pop_front();
+                }
+                None => break,
+            }
+        }
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            if let Some(front) = in_flight.pop_front() {
+                front.await?;
+            }
+        }
+        let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(input))
             .await
             .map_err(|_| protocol("upstream silent for too long"))??;
         status
@@ -562,7 +607,7 @@ async fn session(store: &Store, upstream: SocketAddr, status: &ReplicaStatus) ->
                 };
                 status.heard(seq);
                 // Verified against our own chain inside the committer; refused = nothing applied.
-                store.apply_replicated(record).await?;
+                in_flight.push_back(Box::pin(store.submit_replicated(record)?));
             }
             T_HEARTBEAT => status.heard(u64_at(&payload, 0)?),
             T_ERROR => return Err(upstream_error(&payload)),

@@ -274,9 +274,20 @@ impl Store {
     /// Apply a log record received from an upstream: it must be the next sequence and chain
     /// from this store's checksum, or it is refused ([`Error::Corrupt`]) and nothing changes.
     pub async fn apply_replicated(&self, record: LogRecord) -> Result<u64, Error> {
+        self.submit_replicated(record)?.await
+    }
+
+    /// Queue a replicated record now and return a future for its outcome, so a replica can
+    /// keep many records in flight: the committer folds queued records into one transaction
+    /// and one fsync, in order. A refused record makes every later one refused too (they no
+    /// longer chain), so nothing after a bad record is ever applied.
+    pub fn submit_replicated(
+        &self,
+        record: LogRecord,
+    ) -> Result<impl Future<Output = Result<u64, Error>> + Send + 'static, Error> {
         let (reply, receiver) = oneshot::channel();
         self.send(Request::Replicate { record, reply })?;
-        receiver.await.map_err(|_| Error::Closed)?
+        Ok(async move { receiver.await.map_err(|_| Error::Closed)? })
     }
 
     /// Close the store: wait for queued batches to commit and release the environment.
