@@ -119,7 +119,9 @@ async fn catch_up(entries: u64) {
         },
     )
     .unwrap();
-    root.put("start", "x").unwrap();
+    root.write_async(Batch::new().put("start", "x"))
+        .await
+        .unwrap();
     let root_addr = upstream(&root).await;
     let replica_dir = dirs[1].path().join("replica");
     let (store, follower) = replica(&replica_dir, root_addr, config.clone()).await;
@@ -172,7 +174,7 @@ async fn bootstrap(keys: u64) {
         for i in chunk * 10_000..(chunk + 1) * 10_000 {
             batch = batch.put(format!("config/{i:08}"), [b'v'; 32]);
         }
-        root.write(batch).unwrap();
+        root.write_async(batch).await.unwrap();
     }
     let root_addr = upstream(&root).await;
     let started = Instant::now();
