@@ -588,6 +588,21 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
         assert_eq!(leaf_status["connected"], true);
         assert_eq!(leaf_status["stopped"], Value::Null);
 
+        // `kv verify` compares digests at a common sequence.
+        let (leaf_addr, root_addr) = (leaf_b.addr.to_string(), root.addr.to_string());
+        edgekit()
+            .args([
+                "kv",
+                "verify",
+                "--node",
+                &leaf_addr,
+                "--against",
+                &root_addr,
+            ])
+            .assert()
+            .success()
+            .stdout(predicate::str::starts_with("digests match at seq "));
+
         // Replicas are read-only, and say where writes go.
         let (status, message) = error_of(
             client
@@ -646,6 +661,13 @@ fn a_replica_refuses_another_clusters_stream_and_keeps_serving_reads() {
             status["digest"],
             status_of(&client, &root_a).await["digest"]
         );
+        // Two clusters never share a sequence here, so verify fails and says why.
+        let (a, b) = (root_a.addr.to_string(), root_b.addr.to_string());
+        edgekit()
+            .args(["kv", "verify", "--node", &a, "--against", &b])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("no common sequence"));
     });
 }
 

@@ -33,6 +33,17 @@ pub(crate) enum KvCommand {
     Status(NodeArgs),
     /// Save a consistent snapshot of a node's store to a file.
     Snapshot(SnapshotArgs),
+    /// Compare two nodes' digests at a common sequence (waits up to 10 s for one).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The node to check against the other (usually the root).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) against: SocketAddr,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +157,7 @@ pub(crate) fn run(command: KvCommand, _global: &GlobalOpts) -> anyhow::Result<()
         KvCommand::Watch(args) => runtime.block_on(watch(args, &mut out)),
         KvCommand::Status(args) => runtime.block_on(status(args, &mut out)),
         KvCommand::Snapshot(args) => runtime.block_on(snapshot(args, &mut out)),
+        KvCommand::Verify(args) => runtime.block_on(verify(args, &mut out)),
     }
 }
 
@@ -488,6 +500,55 @@ async fn snapshot(args: SnapshotArgs, out: &mut impl Write) -> anyhow::Result<()
         )?;
     }
     Ok(())
+}
+
+async fn verify(args: VerifyArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let status = |node: SocketAddr| {
+        let request = client.get(format!("http://{node}/v1/status"));
+        async move { json_of(send(request, node).await?).await }
+    };
+    // Nodes move on while we ask; look for a moment when both report the same sequence.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (ours, theirs) = (status(args.node.node).await?, status(args.against).await?);
+        if ours["seq"] == theirs["seq"] {
+            if ours["digest"] != theirs["digest"] {
+                bail!(
+                    "DIGEST MISMATCH at seq {}: {} has {}, {} has {}",
+                    ours["seq"],
+                    args.node.node,
+                    ours["digest"],
+                    args.against,
+                    theirs["digest"]
+                );
+            }
+            if args.node.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "match": true, "seq": ours["seq"], "digest": ours["digest"] })
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "digests match at seq {}: {}",
+                    ours["seq"], ours["digest"]
+                )?;
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no common sequence within 10 s: {} is at {}, {} at {}",
+                args.node.node,
+                ours["seq"],
+                args.against,
+                theirs["seq"]
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 fn partial_path(out: &Path) -> PathBuf {
