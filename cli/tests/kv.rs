@@ -588,6 +588,23 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
         assert_eq!(leaf_status["connected"], true);
         assert_eq!(leaf_status["stopped"], Value::Null);
 
+        let metrics = client
+            .get(format!("http://{}/metrics", leaf_b.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("quicksilver_kv_replication_lag_entries 0"),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("quicksilver_kv_replication_received_bytes_total 0\n"),
+            "{metrics}"
+        );
+
         // `kv verify` compares digests at a common sequence.
         let (leaf_addr, root_addr) = (leaf_b.addr.to_string(), root.addr.to_string());
         edgekit()

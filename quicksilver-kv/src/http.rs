@@ -78,6 +78,8 @@ struct Metrics {
     trimmed: Counter,
     failed: Counter,
     log_bytes: Gauge,
+    lag_entries: Gauge,
+    received_bytes: Counter,
 }
 
 impl Metrics {
@@ -92,6 +94,8 @@ impl Metrics {
             trimmed: Counter::default(),
             failed: Counter::default(),
             log_bytes: Gauge::default(),
+            lag_entries: Gauge::default(),
+            received_bytes: Counter::default(),
         };
         registry.register("head_seq", "Last applied sequence", metrics.head.clone());
         registry.register("batches", "Batches committed", metrics.batches.clone());
@@ -115,6 +119,16 @@ impl Metrics {
             "log_bytes",
             "Bytes held by the log",
             metrics.log_bytes.clone(),
+        );
+        registry.register(
+            "replication_lag_entries",
+            "Entries the upstream has that this replica has not applied (0 on the root)",
+            metrics.lag_entries.clone(),
+        );
+        registry.register(
+            "replication_received_bytes",
+            "Replication frame bytes received from the upstream",
+            metrics.received_bytes.clone(),
         );
         Self {
             registry,
@@ -509,6 +523,13 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     m.head.set(i64::try_from(head.seq).unwrap_or(i64::MAX));
     m.log_bytes
         .set(i64::try_from(head.log_bytes).unwrap_or(i64::MAX));
+    if let Role::Replica { status, .. } = &state.role {
+        let lag = status.upstream_head().saturating_sub(head.seq);
+        m.lag_entries.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        let received = status.received_bytes();
+        m.received_bytes
+            .inc_by(received.saturating_sub(m.received_bytes.get()));
+    }
     let mut text = String::new();
     encode(&mut text, &m.registry).map_err(|_| {
         ApiError(
