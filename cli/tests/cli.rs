@@ -74,7 +74,6 @@ fn closed_stdout_is_not_an_error() {
 const NOT_BUILT_YET: &[&[&str]] = &[
     &["dns", "serve"],
     &["counters", "get", "k", "--node", "127.0.0.1:1"],
-    &["kv", "get", "k"],
     &["node"],
 ];
 

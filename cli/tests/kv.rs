@@ -1,0 +1,730 @@
+//! `edgekit kv`: a real `kv serve` process, its HTTP API endpoint by endpoint (including bad
+//! input), and the client subcommands against it.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use assert_cmd::Command as AssertCommand;
+use predicates::prelude::*;
+use serde_json::{Value, json};
+
+/// A running `edgekit kv serve`, killed on drop.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    repl: Option<SocketAddr>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(data: &Path, extra: &[&str]) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args([
+            "kv",
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--no-fsync",
+            "--data",
+        ])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("edgekit starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut repl = None;
+        let mut sender = Some(sender);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("replication listening on ") {
+                repl = Some(addr.to_owned());
+            }
+            if let Some(addr) = line.strip_prefix("listening on ")
+                && let Some(sender) = sender.take()
+            {
+                let _ = sender.send((addr.to_owned(), repl.clone()));
+            }
+        }
+    });
+    let mut node = Node {
+        child,
+        addr: "127.0.0.1:1".parse().unwrap(),
+        repl: None,
+    };
+    let (addr, repl) = receiver
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the node prints `listening on ADDR`");
+    node.addr = addr.parse().expect("a socket address");
+    node.repl = repl.map(|r| r.parse().expect("a socket address"));
+    node
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn edgekit() -> AssertCommand {
+    AssertCommand::cargo_bin("edgekit").unwrap()
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("errors are JSON");
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Read whole NDJSON lines from a streaming response until `want` lines arrived.
+async fn read_lines(response: &mut reqwest::Response, want: usize) -> Vec<Value> {
+    let mut lines = Vec::new();
+    let mut pending = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while lines.len() < want {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("watch lines arrive in time")
+            .unwrap()
+            .expect("the stream stays open");
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            lines.push(serde_json::from_slice(&line).unwrap());
+        }
+    }
+    lines
+}
+
+#[test]
+fn every_endpoint_answers_and_bad_input_gets_a_4xx_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), &["--max-value-len", "1000"]);
+    let base = format!("http://{}", node.addr);
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+
+        // PUT / GET with `/` in the key.
+        let put = client
+            .put(format!("{base}/v1/kv/zones/example.com/waf"))
+            .body("on")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        assert_eq!(put.json::<Value>().await.unwrap(), json!({ "seq": 1 }));
+        let got = client
+            .get(format!("{base}/v1/kv/zones/example.com/waf"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        assert_eq!(got.headers()["x-kv-seq"], "1");
+        assert_eq!(got.bytes().await.unwrap(), "on");
+
+        // Percent-escapes decode to raw bytes, including non-UTF-8.
+        let put = client
+            .put(format!("{base}/v1/kv/bin%2Fary%FF"))
+            .body(vec![0u8, 1, 2])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        let got = client.get(format!("{base}/v1/kv/bin/ary%ff")).send().await.unwrap();
+        assert_eq!(got.bytes().await.unwrap().as_ref(), &[0u8, 1, 2]);
+
+        // Absent keys: 404 with a message and the sequence read at.
+        let missing = client.get(format!("{base}/v1/kv/nope")).send().await.unwrap();
+        assert_eq!(missing.headers()["x-kv-seq"], "2");
+        assert_eq!(error_of(missing).await, (404, "no such key".to_owned()));
+
+        // DELETE.
+        let deleted = client.delete(format!("{base}/v1/kv/bin%2Fary%FF")).send().await.unwrap();
+        assert_eq!(deleted.json::<Value>().await.unwrap(), json!({ "seq": 3 }));
+        let gone = client.get(format!("{base}/v1/kv/bin%2Fary%FF")).send().await.unwrap();
+        assert_eq!(gone.status(), 404);
+
+        // Empty key and oversized value.
+        let (status, message) = error_of(client.put(format!("{base}/v1/kv/")).body("x").send().await.unwrap()).await;
+        assert_eq!(status, 400);
+        assert!(message.contains("key is empty"), "{message}");
+        let (status, message) = error_of(
+            client.put(format!("{base}/v1/kv/big")).body(vec![b'x'; 2000]).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!(status, 413);
+        assert!(message.contains("2000 bytes") && message.contains("1000"), "{message}");
+        let long_key = "k".repeat(600);
+        let (status, message) =
+            error_of(client.put(format!("{base}/v1/kv/{long_key}")).body("x").send().await.unwrap()).await;
+        assert_eq!(status, 400);
+        assert!(message.contains("600 bytes"), "{message}");
+
+        // POST /v1/batch: atomic, and every malformed body is refused with a reason.
+        let batch = json!([
+            { "op": "put", "key": "zones/a", "value": "1" },
+            { "op": "put", "key": "zones/b", "value": "2" },
+            { "op": "put", "key_hex": "7a6f6e65732f63", "value_hex": "ff00" },
+            { "op": "delete", "key": "zones/example.com/waf" },
+        ]);
+        let answer = client.post(format!("{base}/v1/batch")).json(&batch).send().await.unwrap();
+        assert_eq!(answer.json::<Value>().await.unwrap(), json!({ "seq": 4 }));
+        for (body, expect) in [
+            ("not json", "JSON list"),
+            ("[]", "at least one op"),
+            (r#"[{"op":"frob","key":"k"}]"#, "unknown op"),
+            (r#"[{"op":"put","key":"k"}]"#, "put needs a `value`"),
+            (r#"[{"op":"delete","key":"k","value":"v"}]"#, "delete takes no `value`"),
+            (r#"[{"op":"put","value":"v"}]"#, "missing `key`"),
+            (r#"[{"op":"put","key_hex":"zz","value":"v"}]"#, "not hex"),
+            (r#"[{"op":"put","key":"k","key_hex":"6b","value":"v"}]"#, "not both"),
+            (r#"[{"op":"put","key":"ok","value":"v"},{"op":"put","key":"","value":"v"}]"#, "key of 0 bytes"),
+        ] {
+            let response = client
+                .post(format!("{base}/v1/batch"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let (status, message) = error_of(response).await;
+            assert_eq!(status, 400, "{body}: {message}");
+            assert!(message.contains(expect), "{body}: {message}");
+        }
+        // The refused batch with a valid first op applied nothing.
+        assert_eq!(client.get(format!("{base}/v1/kv/ok")).send().await.unwrap().status(), 404);
+
+        // Scans page with limit and continuation; non-UTF-8 comes back as hex.
+        let page: Value = client
+            .get(format!("{base}/v1/kv?prefix=zones/&limit=2"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["seq"], 4);
+        assert_eq!(
+            page["items"],
+            json!([{ "key": "zones/a", "value": "1" }, { "key": "zones/b", "value": "2" }])
+        );
+        assert_eq!(page["next_after"], "zones/b");
+        let rest: Value = client
+            .get(format!("{base}/v1/kv?prefix=zones/&limit=2&after=zones/b"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(rest["items"], json!([{ "key": "zones/c", "value_hex": "ff00" }]));
+        assert_eq!(rest["next_after"], Value::Null);
+        for query in ["limit=0", "limit=100000", "limit=abc", "bogus=1"] {
+            let (status, message) =
+                error_of(client.get(format!("{base}/v1/kv?{query}")).send().await.unwrap()).await;
+            assert_eq!(status, 400, "{query}: {message}");
+            assert!(!message.is_empty());
+        }
+
+        // Status and metrics.
+        let status: Value = client.get(format!("{base}/v1/status")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(status["role"], "root");
+        assert_eq!(status["seq"], 4);
+        assert_eq!(status["digest"].as_str().unwrap().len(), 64);
+        assert_eq!(status["cluster_id"].as_str().unwrap().len(), 32);
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("quicksilver_kv_batches_total 4"), "{metrics}");
+        assert!(metrics.contains("quicksilver_kv_head_seq 4"), "{metrics}");
+
+        // Watch: history from a sequence, filtered by prefix, then live writes.
+        let mut watch = client
+            .get(format!("{base}/v1/watch?from=0&prefix=zones/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(watch.status(), 200);
+        let lines = read_lines(&mut watch, 2).await;
+        assert_eq!(lines[0], json!({ "seq": 1, "ops": [{ "op": "put", "key": "zones/example.com/waf", "value": "on" }] }));
+        assert_eq!(lines[1]["seq"], 4);
+        assert_eq!(lines[1]["ops"].as_array().unwrap().len(), 4);
+        client.put(format!("{base}/v1/kv/elsewhere")).body("x").send().await.unwrap();
+        client.put(format!("{base}/v1/kv/zones/live")).body("y").send().await.unwrap();
+        let live = read_lines(&mut watch, 1).await;
+        assert_eq!(live[0], json!({ "seq": 6, "ops": [{ "op": "put", "key": "zones/live", "value": "y" }] }));
+        for (query, code) in [("from=99", 400), ("from=abc", 400)] {
+            let response = client.get(format!("{base}/v1/watch?{query}")).send().await.unwrap();
+            assert_eq!(response.status(), code, "{query}");
+        }
+
+        // Snapshot: a consistent dump that restores to the same digest.
+        let snapshot = client.get(format!("{base}/v1/snapshot")).send().await.unwrap().bytes().await.unwrap();
+        assert!(snapshot.starts_with(b"QSKVSNAP"));
+        let restore_dir = tempfile::tempdir().unwrap();
+        let (restored, info) = quicksilver_kv::Store::restore(
+            restore_dir.path().join("copy"),
+            &snapshot[..],
+            quicksilver_kv::StoreConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(info.seq, 6);
+        let status: Value = client.get(format!("{base}/v1/status")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(info.digest.to_hex(), status["digest"].as_str().unwrap());
+        restored.reader().verify().unwrap();
+    });
+}
+
+#[test]
+fn a_watch_behind_the_retained_log_gets_410_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), &["--retain-entries", "2"]);
+    let base = format!("http://{}", node.addr);
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        for i in 0..6 {
+            client
+                .put(format!("{base}/v1/kv/k{i}"))
+                .body("v")
+                .send()
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status: Value = client
+                .get(format!("{base}/v1/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["log_first"] == 5 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "retention never ran: {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, message) = error_of(
+            client
+                .get(format!("{base}/v1/watch?from=1"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 410);
+        assert!(message.contains("compacted"), "{message}");
+        let mut ok = client
+            .get(format!("{base}/v1/watch?from=4"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read_lines(&mut ok, 2).await[1]["seq"], 6);
+    });
+}
+
+#[test]
+fn client_subcommands_talk_to_a_node_in_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), &[]);
+    let addr = node.addr.to_string();
+    let value_file = dir.path().join("value.txt");
+    std::fs::write(&value_file, "from a file").unwrap();
+
+    edgekit()
+        .args(["kv", "put", "zones/example.com/waf", "on", "--node", &addr])
+        .assert()
+        .success()
+        .stdout("seq 1\n");
+    edgekit()
+        .args(["kv", "put", "a key?&%", "--file"])
+        .arg(&value_file)
+        .args(["--node", &addr, "--json"])
+        .assert()
+        .success()
+        .stdout("{\"seq\":2}\n");
+    edgekit()
+        .args(["kv", "get", "a key?&%", "--node", &addr])
+        .assert()
+        .success()
+        .stdout("from a file\n");
+    edgekit()
+        .args([
+            "kv",
+            "get",
+            "zones/example.com/waf",
+            "--node",
+            &addr,
+            "--json",
+        ])
+        .assert()
+        .success()
+        .stdout("{\"key\":\"zones/example.com/waf\",\"seq\":2,\"value\":\"on\"}\n");
+    edgekit()
+        .args(["kv", "scan", "zones/", "--node", &addr])
+        .assert()
+        .success()
+        .stdout("zones/example.com/waf\ton\n");
+    edgekit()
+        .args(["kv", "del", "a key?&%", "--node", &addr])
+        .assert()
+        .success()
+        .stdout("seq 3\n");
+    edgekit()
+        .args(["kv", "get", "a key?&%", "--node", &addr])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("404").and(predicate::str::contains("no such key")));
+    edgekit()
+        .args(["kv", "status", "--node", &addr])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("role       root")
+                .and(predicate::str::contains("seq        3")),
+        );
+    let status = edgekit()
+        .args(["kv", "status", "--node", &addr, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let status: Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["seq"], 3);
+
+    let out = dir.path().join("snap.bin");
+    edgekit()
+        .args(["kv", "snapshot"])
+        .arg(&out)
+        .args(["--node", &addr])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("at seq 3"));
+    let restored_dir = tempfile::tempdir().unwrap();
+    let (restored, info) = quicksilver_kv::Store::restore(
+        restored_dir.path(),
+        std::fs::File::open(&out).unwrap(),
+        quicksilver_kv::StoreConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(info.digest.to_hex(), status["digest"].as_str().unwrap());
+    drop(restored);
+
+    // Watch from the start: the history arrives as text lines.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args(["kv", "watch", "--from", "0", "--node", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .take(3)
+        .map_while(Result::ok)
+        .collect();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(
+        lines,
+        [
+            "1\tput\tzones/example.com/waf\ton",
+            "2\tput\ta key?&%\tfrom a file",
+            "3\tdelete\ta key?&%"
+        ]
+    );
+
+    // A node that is not there is a clear runtime failure.
+    drop(node);
+    edgekit()
+        .args(["kv", "get", "k", "--node", &addr])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot reach the kv node"));
+}
+
+async fn status_of(client: &reqwest::Client, node: &Node) -> Value {
+    client
+        .get(format!("http://{}/v1/status", node.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Write `count` batches of 50 keys at the root; returns the keys written.
+async fn write_batches(client: &reqwest::Client, root: &Node, first: usize, count: usize) {
+    for b in first..first + count {
+        let ops: Vec<Value> = (0..50)
+            .map(|k| json!({ "op": "put", "key": format!("tree/{b:04}/{k:02}"), "value": format!("{b}-{k}") }))
+            .collect();
+        let response = client
+            .post(format!("http://{}/v1/batch", root.addr))
+            .json(&ops)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "batch {b} acknowledged");
+    }
+}
+
+/// Wait (bounded) until `node` reports the root's sequence, then compare digests and contents.
+async fn assert_converged(client: &reqwest::Client, root: &Node, node: &Node, name: &str) {
+    let want = status_of(client, root).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = status_of(client, node).await;
+        if got["seq"] == want["seq"] {
+            assert_eq!(
+                got["digest"], want["digest"],
+                "{name}: digest differs at the same sequence"
+            );
+            assert_eq!(got["chain"], want["chain"], "{name}: chain differs");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never caught up: {got} vs root {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scan = |n: &Node| {
+        client
+            .get(format!("http://{}/v1/kv?prefix=tree/&limit=10000", n.addr))
+            .send()
+    };
+    let ours: Value = scan(node).await.unwrap().json().await.unwrap();
+    let roots: Value = scan(root).await.unwrap().json().await.unwrap();
+    assert_eq!(ours["items"], roots["items"], "{name}: contents differ");
+}
+
+/// An address of our own on loopback with a fixed port, so a restarted relay comes back where
+/// its replicas look for it. The process id keeps concurrent runs apart.
+fn fixed_relay_addr() -> String {
+    format!("127.0.0.{}:27183", 20 + std::process::id() % 200)
+}
+
+#[test]
+fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root = start_node(
+        dirs[0].path(),
+        &["--repl-listen", "127.0.0.1:0", "--retain-entries", "60"],
+    );
+    let root_repl = root.repl.expect("the root serves replication").to_string();
+    let relay_addr = fixed_relay_addr();
+    let relay_args = [
+        "--upstream",
+        root_repl.as_str(),
+        "--repl-listen",
+        relay_addr.as_str(),
+    ];
+    let mut relay = start_node(dirs[1].path(), &relay_args);
+    let leaf_args = ["--upstream", relay_addr.as_str()];
+    let mut leaf_a = start_node(dirs[2].path(), &leaf_args);
+    let leaf_b = start_node(dirs[3].path(), &leaf_args);
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root, 0, 30).await;
+        assert_converged(&client, &root, &leaf_a, "leaf a").await;
+
+        // A leaf killed with SIGKILL and restarted continues from its own position.
+        drop(leaf_a);
+        write_batches(&client, &root, 30, 20).await;
+        leaf_a = start_node(dirs[2].path(), &leaf_args);
+
+        // The relay killed and restarted at the same address; its leaves reconnect.
+        drop(relay);
+        write_batches(&client, &root, 50, 20).await;
+        relay = start_node(dirs[1].path(), &relay_args);
+        write_batches(&client, &root, 70, 30).await;
+
+        // By now the root's log starts well after 1: a new, empty leaf must bootstrap from a
+        // snapshot streamed while the root keeps writing.
+        let root_status = status_of(&client, &root).await;
+        assert!(
+            root_status["log_first"].as_u64().unwrap() > 1,
+            "{root_status}"
+        );
+        let new_dir = tempfile::tempdir().unwrap();
+        let new_leaf = start_node(
+            new_dir.path().join("leaf").as_path(),
+            &["--upstream", root_repl.as_str()],
+        );
+        write_batches(&client, &root, 100, 10).await;
+
+        for (node, name) in [
+            (&relay, "relay"),
+            (&leaf_a, "leaf a"),
+            (&leaf_b, "leaf b"),
+            (&new_leaf, "new leaf"),
+        ] {
+            assert_converged(&client, &root, node, name).await;
+        }
+        let relay_status = status_of(&client, &relay).await;
+        assert_eq!(relay_status["role"], "relay");
+        let leaf_status = status_of(&client, &leaf_b).await;
+        assert_eq!(leaf_status["role"], "replica");
+        assert_eq!(leaf_status["lag_entries"], 0);
+        assert_eq!(leaf_status["connected"], true);
+        assert_eq!(leaf_status["stopped"], Value::Null);
+
+        let metrics = client
+            .get(format!("http://{}/metrics", leaf_b.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("quicksilver_kv_replication_lag_entries 0"),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("quicksilver_kv_replication_received_bytes_total 0\n"),
+            "{metrics}"
+        );
+
+        // `kv verify` compares digests at a common sequence.
+        let (leaf_addr, root_addr) = (leaf_b.addr.to_string(), root.addr.to_string());
+        edgekit()
+            .args([
+                "kv",
+                "verify",
+                "--node",
+                &leaf_addr,
+                "--against",
+                &root_addr,
+            ])
+            .assert()
+            .success()
+            .stdout(predicate::str::starts_with("digests match at seq "));
+
+        // Replicas are read-only, and say where writes go.
+        let (status, message) = error_of(
+            client
+                .put(format!("http://{}/v1/kv/tree/x", leaf_b.addr))
+                .body("x")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403);
+        assert!(
+            message.contains("read-only replica") && message.contains(&relay_addr),
+            "{message}"
+        );
+    });
+}
+
+#[test]
+fn a_replica_refuses_another_clusters_stream_and_keeps_serving_reads() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root_a = start_node(dirs[0].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let root_b = start_node(dirs[1].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let a_repl = root_a.repl.unwrap().to_string();
+    let b_repl = root_b.repl.unwrap().to_string();
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root_a, 0, 3).await;
+        write_batches(&client, &root_b, 0, 5).await;
+        let replica = start_node(dirs[2].path(), &["--upstream", a_repl.as_str()]);
+        assert_converged(&client, &root_a, &replica, "replica of a").await;
+        drop(replica);
+        // Pointed at another cluster's root: it must refuse, loudly, and apply nothing.
+        let replica = start_node(dirs[2].path(), &["--upstream", b_repl.as_str()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = status_of(&client, &replica).await;
+            if !status["stopped"].is_null() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the foreign stream was not refused: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            status["stopped"].as_str().unwrap().contains("cluster"),
+            "{status}"
+        );
+        assert_eq!(
+            status["seq"], 3,
+            "nothing from the foreign cluster was applied"
+        );
+        assert_eq!(
+            status["digest"],
+            status_of(&client, &root_a).await["digest"]
+        );
+        // Two clusters never share a sequence here, so verify fails and says why.
+        let (a, b) = (root_a.addr.to_string(), root_b.addr.to_string());
+        edgekit()
+            .args(["kv", "verify", "--node", &a, "--against", &b])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("no common sequence"));
+    });
+}
+
+#[test]
+fn garbage_on_the_replication_port_closes_that_connection_only() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let root = start_node(dir.path(), &["--repl-listen", "127.0.0.1:0"]);
+    let repl = root.repl.unwrap();
+    let mut hello_bad_magic = vec![0, 0, 0, 67, 0x01];
+    hello_bad_magic.extend_from_slice(&[b'X'; 66]);
+    let garbage: [&[u8]; 4] = [
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3], // a length far over the bound
+        &[0, 0, 0, 0],                      // a zero length
+        &hello_bad_magic,                   // a HELLO-sized frame with the wrong magic
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", // the wrong protocol entirely
+    ];
+    for bytes in garbage {
+        let mut socket = std::net::TcpStream::connect(repl).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        socket.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        let closed = match socket.read_to_end(&mut answer) {
+            Ok(_) => true,
+            Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(
+            closed,
+            "the upstream kept a garbage connection open ({bytes:?})"
+        );
+    }
+    // The process is fine, and a real replica still syncs.
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root, 0, 2).await;
+        let replica_dir = tempfile::tempdir().unwrap();
+        let repl = repl.to_string();
+        let replica = start_node(replica_dir.path(), &["--upstream", repl.as_str()]);
+        assert_converged(&client, &root, &replica, "replica").await;
+    });
+}

@@ -1,0 +1,617 @@
+//! Replication between nodes: an upstream (the root or a relay) serves its log over a framed TCP
+//! protocol; a replica verifies every entry's chained checksum before applying it. The protocol
+//! is specified byte by byte in `docs/kv-replication.md`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use parking_lot::Mutex;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{Error, LogRecord, Store, StoreConfig};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+const MAGIC: &[u8; 8] = b"QSKVREPL";
+/// Largest frame accepted (a record holds at most one batch; batches are at most 64 MiB).
+pub const MAX_FRAME_LEN: usize = (64 << 20) + 1024;
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A replica that hears nothing for this long reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+const RECORDS_PER_READ: usize = 256;
+/// Replicated records queued at the committer before the replica waits for the oldest.
+const MAX_IN_FLIGHT: usize = 4096;
+
+const T_HELLO: u8 = 0x01;
+const T_WELCOME: u8 = 0x02;
+const T_RECORD: u8 = 0x03;
+const T_HEARTBEAT: u8 = 0x04;
+const T_SNAPSHOT_CHUNK: u8 = 0x05;
+const T_SNAPSHOT_END: u8 = 0x06;
+const T_ERROR: u8 = 0x07;
+
+/// Why an upstream refused a replica (the `ERROR` frame's code).
+const E_VERSION: u8 = 1;
+const E_FOREIGN_CLUSTER: u8 = 2;
+const E_DIVERGED: u8 = 3;
+const E_COMPACTED: u8 = 4;
+const E_AHEAD: u8 = 5;
+const E_BAD_HELLO: u8 = 6;
+
+/// What a replica knows about its replication link, for `/v1/status` and metrics.
+#[derive(Debug)]
+pub struct ReplicaStatus {
+    upstream: SocketAddr,
+    upstream_head: AtomicU64,
+    last_heard_ms: AtomicU64,
+    connected: AtomicBool,
+    received_bytes: AtomicU64,
+    stopped: Mutex<Option<String>>,
+}
+
+impl ReplicaStatus {
+    /// A fresh status for a replica of `upstream`.
+    pub fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream,
+            upstream_head: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            received_bytes: AtomicU64::new(0),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    /// The upstream's address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// The upstream's head sequence as last reported (heartbeats carry it even when idle).
+    pub fn upstream_head(&self) -> u64 {
+        self.upstream_head.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the upstream was last heard from (`None` before first contact).
+    pub fn millis_since_heard(&self) -> Option<u64> {
+        match self.last_heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(now_ms().saturating_sub(at)),
+        }
+    }
+
+    /// Whether a replication session is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of replication frames received.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Why replication stopped for good (a tampered entry, a foreign cluster...), if it did.
+    pub fn stopped_reason(&self) -> Option<String> {
+        self.stopped.lock().clone()
+    }
+
+    fn heard(&self, head: u64) {
+        self.upstream_head.fetch_max(head, Ordering::Relaxed);
+        self.last_heard_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn protocol(message: impl Into<String>) -> Error {
+    Error::Replication {
+        message: message.into(),
+        fatal: false,
+    }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> Result<(), Error> {
+    let len = u32::try_from(payload.len() + 1).map_err(|_| protocol("frame too large"))?;
+    out.write_all(&len.to_be_bytes()).await?;
+    out.write_all(&[kind]).await?;
+    out.write_all(payload).await?;
+    Ok(())
+}
+
+/// Read one frame; a length over [`MAX_FRAME_LEN`] or zero closes the connection.
+async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<(u8, Vec<u8>), Error> {
+    let len = input.read_u32().await? as usize;
+    if len == 0 || len > MAX_FRAME_LEN {
+        return Err(protocol(format!("frame length {len} out of bounds")));
+    }
+    let kind = input.read_u8().await?;
+    let mut payload = vec![0; len - 1];
+    input.read_exact(&mut payload).await?;
+    Ok((kind, payload))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64, Error> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| protocol("frame too short"))
+}
+
+fn array_at<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], Error> {
+    bytes
+        .get(at..at + N)
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .ok_or_else(|| protocol("frame too short"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream side
+// ---------------------------------------------------------------------------------------------
+
+/// Serve the replication protocol on `listener` (the root, or a replica acting as a relay)
+/// until `shutdown` resolves. Each replica gets its own task; a bad peer only closes its own
+/// connection.
+pub async fn serve_replication(
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "replication accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    match serve_one(store, socket).await {
+                        Ok(()) => tracing::debug!(%peer, "replica disconnected"),
+                        Err(err) => tracing::info!(%peer, error = %err, "replication session ended"),
+                    }
+                });
+            }
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(out: &mut W, code: u8, message: String) -> Error {
+    let mut payload = vec![code];
+    payload.extend_from_slice(message.as_bytes());
+    let _ = write_frame(out, T_ERROR, &payload).await;
+    let _ = out.flush().await;
+    protocol(message)
+}
+
+async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
+    socket.set_nodelay(true)?;
+    let (mut input, output) = socket.into_split();
+    let mut out = BufWriter::new(output);
+    let (kind, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut input))
+        .await
+        .map_err(|_| protocol("no HELLO within the handshake timeout"))??;
+    // HELLO: magic (8) | version u16 | cluster id (16) | after u64 | chain (32)
+    if kind != T_HELLO || hello.len() != 8 + 2 + 16 + 8 + 32 || &hello[..8] != MAGIC {
+        return Err(refuse(&mut out, E_BAD_HELLO, "expected a HELLO frame".into()).await);
+    }
+    let version = u16::from_be_bytes([hello[8], hello[9]]);
+    if version != PROTOCOL_VERSION {
+        return Err(refuse(
+            &mut out,
+            E_VERSION,
+            format!(
+                "protocol version {version} not supported (this node speaks {PROTOCOL_VERSION})"
+            ),
+        )
+        .await);
+    }
+    let cluster: [u8; 16] = array_at(&hello, 10)?;
+    let after = u64_at(&hello, 26)?;
+    let chain: [u8; 32] = array_at(&hello, 34)?;
+    let reader = store.reader().clone();
+    let head = {
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || reader.head())
+            .await
+            .map_err(|_| Error::Closed)??
+    };
+    let bootstrap = cluster == [0; 16];
+    if !bootstrap && cluster != head.cluster_id {
+        return Err(refuse(
+            &mut out,
+            E_FOREIGN_CLUSTER,
+            format!(
+                "replica belongs to cluster {}, this is cluster {}",
+                crate::hex::encode(&cluster),
+                head.cluster_id_hex()
+            ),
+        )
+        .await);
+    }
+    let mut welcome = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    welcome.extend_from_slice(&head.cluster_id);
+    welcome.extend_from_slice(&head.seq.to_be_bytes());
+    let mut position = after;
+    if bootstrap {
+        write_frame(&mut out, T_WELCOME, &welcome).await?;
+        position = stream_snapshot(&reader, &mut out).await?;
+    } else {
+        if after > head.seq {
+            return Err(refuse(
+                &mut out,
+                E_AHEAD,
+                format!(
+                    "replica is at {after}, ahead of this node's head {}",
+                    head.seq
+                ),
+            )
+            .await);
+        }
+        let ours = {
+            let reader = reader.clone();
+            tokio::task::spawn_blocking(move || reader.chain_at(after))
+                .await
+                .map_err(|_| Error::Closed)?
+        };
+        match ours {
+            Ok(ours) if ours == chain => {}
+            Ok(_) => {
+                return Err(refuse(
+                    &mut out,
+                    E_DIVERGED,
+                    format!(
+                        "replica's checksum at {after} differs from this node's: histories diverged"
+                    ),
+                )
+                .await);
+            }
+            Err(err) if err.is_compacted() => {
+                return Err(refuse(&mut out, E_COMPACTED, err.to_string()).await);
+            }
+            Err(err) => return Err(err),
+        }
+        write_frame(&mut out, T_WELCOME, &welcome).await?;
+    }
+    out.flush().await?;
+    let mut head_rx = store.subscribe();
+    loop {
+        head_rx.borrow_and_update();
+        let records = {
+            let reader = reader.clone();
+            tokio::task::spawn_blocking(move || reader.log_after(position, RECORDS_PER_READ))
+                .await
+                .map_err(|_| Error::Closed)??
+        };
+        if let Some(last) = records.last() {
+            position = last.seq;
+            for record in &records {
+                let mut payload = Vec::with_capacity(8 + 32 + record.entry.len());
+                payload.extend_from_slice(&record.seq.to_be_bytes());
+                payload.extend_from_slice(&record.checksum);
+                payload.extend_from_slice(&record.entry);
+                write_frame(&mut out, T_RECORD, &payload).await?;
+            }
+            out.flush().await?;
+            continue;
+        }
+        let mut beat = (*head_rx.borrow()).to_be_bytes().to_vec();
+        beat.extend_from_slice(&now_ms().to_be_bytes());
+        write_frame(&mut out, T_HEARTBEAT, &beat).await?;
+        out.flush().await?;
+        tokio::select! {
+            changed = head_rx.changed() => changed.map_err(|_| Error::Closed)?,
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+    }
+}
+
+/// Stream a snapshot as SNAPSHOT_CHUNK frames and a SNAPSHOT_END carrying its sequence.
+async fn stream_snapshot<W: AsyncWrite + Unpin>(
+    reader: &crate::Reader,
+    out: &mut W,
+) -> Result<u64, Error> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let reader = reader.clone();
+    let producer = tokio::task::spawn_blocking(move || reader.write_snapshot(ChunkWriter(sender)));
+    while let Some(chunk) = receiver.recv().await {
+        write_frame(out, T_SNAPSHOT_CHUNK, &chunk).await?;
+    }
+    let info = producer.await.map_err(|_| Error::Closed)??;
+    write_frame(out, T_SNAPSHOT_END, &info.seq.to_be_bytes()).await?;
+    Ok(info.seq)
+}
+
+struct ChunkWriter(tokio::sync::mpsc::Sender<Vec<u8>>);
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let take = buf.len().min(1 << 20);
+        self.0.blocking_send(buf[..take].to_vec()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "replica went away")
+        })?;
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica side
+// ---------------------------------------------------------------------------------------------
+
+fn hello(cluster: [u8; 16], after: u64, chain: [u8; 32]) -> Vec<u8> {
+    let mut payload = MAGIC.to_vec();
+    payload.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    payload.extend_from_slice(&cluster);
+    payload.extend_from_slice(&after.to_be_bytes());
+    payload.extend_from_slice(&chain);
+    payload
+}
+
+fn upstream_error(payload: &[u8]) -> Error {
+    let code = payload.first().copied().unwrap_or(0);
+    let message = String::from_utf8_lossy(payload.get(1..).unwrap_or_default()).into_owned();
+    Error::Replication {
+        message: format!("upstream refused: {message}"),
+        // A replica ahead of a relay that is still catching up can simply retry.
+        fatal: code != E_AHEAD,
+    }
+}
+
+async fn connect(upstream: SocketAddr) -> Result<TcpStream, Error> {
+    let socket = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(upstream))
+        .await
+        .map_err(|_| protocol(format!("connecting to {upstream} timed out")))??;
+    socket.set_nodelay(true)?;
+    Ok(socket)
+}
+
+/// Open the replica's store in `dir`; when there is none yet, fetch a snapshot from `upstream`
+/// (retrying with backoff and jitter until it succeeds or the upstream refuses for good) and
+/// restore it first.
+pub async fn open_or_bootstrap(
+    dir: &Path,
+    config: StoreConfig,
+    upstream: SocketAddr,
+    status: &ReplicaStatus,
+) -> Result<Store, Error> {
+    if dir.join("data.mdb").exists() {
+        let dir = dir.to_path_buf();
+        return tokio::task::spawn_blocking(move || Store::open(dir, config))
+            .await
+            .map_err(|_| Error::Closed)?;
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        match bootstrap_once(dir, config.clone(), upstream, status).await {
+            Ok(store) => return Ok(store),
+            Err(err @ Error::Replication { fatal: true, .. }) => return Err(err),
+            Err(err) => {
+                tracing::warn!(%upstream, error = %err, "bootstrap failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn bootstrap_once(
+    dir: &Path,
+    config: StoreConfig,
+    upstream: SocketAddr,
+    status: &ReplicaStatus,
+) -> Result<Store, Error> {
+    let socket = connect(upstream).await?;
+    let (mut input, mut output) = socket.into_split();
+    write_frame(&mut output, T_HELLO, &hello([0; 16], 0, [0; 32])).await?;
+    let partial = partial_snapshot_path(dir);
+    let mut file = tokio::fs::File::create(&partial).await?;
+    let mut received = 0u64;
+    loop {
+        let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut input))
+            .await
+            .map_err(|_| protocol("upstream went silent during bootstrap"))??;
+        status
+            .received_bytes
+            .fetch_add(payload.len() as u64 + 5, Ordering::Relaxed);
+        match kind {
+            T_WELCOME => status.heard(u64_at(&payload, 18)?),
+            T_SNAPSHOT_CHUNK => {
+                received += payload.len() as u64;
+                file.write_all(&payload).await?;
+                tracing::debug!(received, "bootstrap snapshot progress");
+            }
+            T_SNAPSHOT_END => break,
+            T_ERROR => return Err(upstream_error(&payload)),
+            other => {
+                return Err(protocol(format!(
+                    "unexpected frame {other:#04x} during bootstrap"
+                )));
+            }
+        }
+    }
+    file.sync_all().await?;
+    drop(file);
+    let dir = dir.to_path_buf();
+    let restored = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&partial)?;
+        let result = Store::restore(&dir, file, config);
+        let _ = std::fs::remove_file(&partial);
+        result
+    })
+    .await
+    .map_err(|_| Error::Closed)?;
+    let (store, info) = restored?;
+    tracing::info!(
+        seq = info.seq,
+        pairs = info.pairs,
+        bytes = received,
+        "replica bootstrapped from a snapshot"
+    );
+    Ok(store)
+}
+
+fn partial_snapshot_path(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".bootstrap-snapshot");
+    dir.with_file_name(name)
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 5 s, each wait +-50 %.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(100))
+    }
+
+    async fn wait(&mut self) {
+        let jitter = rand::random_range(0.5..1.5);
+        tokio::time::sleep(self.0.mul_f64(jitter)).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+}
+
+/// Follow `upstream` forever: apply its log, reconnecting with backoff and jitter. Returns only
+/// when replication must stop for good (a tampered or foreign stream), with the reason, which
+/// is also kept in `status`.
+pub async fn follow(store: Store, upstream: SocketAddr, status: Arc<ReplicaStatus>) -> Error {
+    let mut backoff = Backoff::new();
+    loop {
+        let applied_before = store.stats().batches;
+        let result = session(&store, upstream, &status).await;
+        status.connected.store(false, Ordering::Relaxed);
+        let err = match result {
+            Ok(()) => protocol("upstream closed the connection"),
+            Err(err) => err,
+        };
+        if err.is_corrupt() || matches!(err, Error::Replication { fatal: true, .. }) {
+            tracing::error!(%upstream, error = %err, "replication stopped: refusing this upstream's stream");
+            *status.stopped.lock() = Some(err.to_string());
+            return err;
+        }
+        tracing::warn!(%upstream, error = %err, "replication link down; reconnecting");
+        if store.stats().batches > applied_before {
+            backoff.reset();
+        }
+        backoff.wait().await;
+    }
+}
+
+async fn session(store: &Store, upstream: SocketAddr, status: &ReplicaStatus) -> Result<(), Error> {
+    let socket = connect(upstream).await?;
+    let (mut input, mut output) = socket.into_split();
+    let head = {
+        let reader = store.reader().clone();
+        tokio::task::spawn_blocking(move || reader.head())
+            .await
+            .map_err(|_| Error::Closed)??
+    };
+    write_frame(
+        &mut output,
+        T_HELLO,
+        &hello(head.cluster_id, head.seq, head.chain),
+    )
+    .await?;
+    // Records in flight to the committer, oldest first (see `Store::submit_replicated`).
+    let mut in_flight = InFlight::new();
+    let result = receive(&mut input, store, status, &mut in_flight).await;
+    // Whatever ended the session, let queued records land before the next HELLO reads our
+    // head, or the next session would be offered records we already applied. A refusal among
+    // them is the more important error.
+    let mut drained = Ok(());
+    for pending in in_flight.drain(..) {
+        if let Err(err) = pending.await
+            && drained.is_ok()
+        {
+            drained = Err(err);
+        }
+    }
+    drained?;
+    result
+}
+
+type InFlight =
+    std::collections::VecDeque<std::pin::Pin<Box<dyn Future<Output = Result<u64, Error>> + Send>>>;
+
+async fn receive<R: AsyncRead + Unpin>(
+    input: &mut R,
+    store: &Store,
+    status: &ReplicaStatus,
+    in_flight: &mut InFlight,
+) -> Result<(), Error> {
+    loop {
+        // Collect finished applies without waiting, so a refusal surfaces promptly.
+        while let Some(front) = in_flight.front_mut() {
+            match futures::FutureExt::now_or_never(front) {
+                Some(result) => {
+                    result?;
+                    in_flight.pop_front();
+                }
+                None => break,
+            }
+        }
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            if let Some(front) = in_flight.pop_front() {
+                front.await?;
+            }
+        }
+        let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(input))
+            .await
+            .map_err(|_| protocol("upstream silent for too long"))??;
+        status
+            .received_bytes
+            .fetch_add(payload.len() as u64 + 5, Ordering::Relaxed);
+        match kind {
+            T_WELCOME => {
+                status.heard(u64_at(&payload, 18)?);
+                status.connected.store(true, Ordering::Relaxed);
+            }
+            T_RECORD => {
+                let seq = u64_at(&payload, 0)?;
+                let record = LogRecord {
+                    seq,
+                    checksum: array_at(&payload, 8)?,
+                    entry: payload[40..].to_vec(),
+                };
+                status.heard(seq);
+                // Verified against our own chain inside the committer; refused = nothing applied.
+                in_flight.push_back(Box::pin(store.submit_replicated(record)?));
+            }
+            T_HEARTBEAT => status.heard(u64_at(&payload, 0)?),
+            T_ERROR => return Err(upstream_error(&payload)),
+            other => return Err(protocol(format!("unexpected frame {other:#04x}"))),
+        }
+    }
+}
