@@ -402,6 +402,30 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
             .map_or(PnCount::ZERO, Entry::totals)
     }
 
+    /// This node's own entry for the key: what its local increments add up to.
+    pub fn own<Q>(&self, key: &Q) -> PnCount
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shard(key)
+            .read()
+            .get(key)
+            .map_or(PnCount::ZERO, |entry| entry.local.sum())
+    }
+
+    /// Raise this node's own entry for `key` to at least `count` (restoring it from durable
+    /// storage after a restart); the per-part maximum, like a merge.
+    pub(crate) fn raise_own(&self, key: K, count: PnCount) {
+        let now_ms = self.now_ms();
+        self.shard(&key)
+            .write()
+            .entry(key)
+            .or_insert_with(|| Entry::new(now_ms))
+            .local
+            .raise_to(count);
+    }
+
     /// The key's full replicated state: every node's entry.
     pub fn state<Q>(&self, key: &Q) -> PnState
     where
