@@ -20,6 +20,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a peer may take to answer one frame.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// An answer this large may have been cut to fit a frame: exchange again without waiting.
+const BIG_ANSWER_KEYS: usize = 10_000;
 /// Concurrent inbound gossip connections; more are closed at once.
 const MAX_INBOUND: usize = 256;
 
@@ -100,8 +102,28 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<NodeId, Go
     }
 }
 
+/// The encoded delta for a peer that has merged `peer_has` of us, kept under the frame bound:
+/// when the whole delta does not fit, the earliest changes that do (the rest follows in the next
+/// exchange). Returns the bytes and whether keys were left for a next exchange.
+fn encode_delta(shared: &Shared, peer_has: Option<Acknowledged>) -> (Vec<u8>, bool) {
+    // Room for the message around the delta.
+    let room = shared.config.max_frame_len.saturating_sub(1024);
+    // A typical key costs ~20 bytes; start generous and shrink until it fits.
+    let mut max_keys = (room / 32).max(1);
+    loop {
+        let delta = shared.counters.delta_for_at_most(peer_has, max_keys);
+        let truncated = delta.len() >= max_keys;
+        let bytes = delta.encode();
+        if bytes.len() <= room || max_keys == 1 {
+            return (bytes, truncated);
+        }
+        max_keys = (max_keys / 4).max(1);
+    }
+}
+
 /// Merge a peer's encoded delta, checking it comes from the node it handshook as.
-fn merge_from(shared: &Shared, peer: &NodeId, bytes: &[u8]) -> Result<(), GossipError> {
+/// Returns how many keys the delta carried.
+fn merge_from(shared: &Shared, peer: &NodeId, bytes: &[u8]) -> Result<usize, GossipError> {
     let delta = Delta::<String>::decode(bytes)?;
     if delta.origin() != peer {
         return Err(GossipError::Protocol(format!(
@@ -121,7 +143,7 @@ fn merge_from(shared: &Shared, peer: &NodeId, bytes: &[u8]) -> Result<(), Gossip
         .metrics
         .keys
         .set(i64::try_from(shared.counters.len()).unwrap_or(i64::MAX));
-    Ok(())
+    Ok(delta.len())
 }
 
 async fn serve_inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), GossipError> {
@@ -159,7 +181,7 @@ async fn serve_inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), Gos
         merge_from(shared, &peer, &delta)?;
         let reply = Message::Exchange {
             ack: shared.counters.acknowledged(&peer),
-            delta: shared.counters.delta_for(ack).encode(),
+            delta: encode_delta(shared, ack).0,
         };
         let sent = write_message(&mut stream, &reply, max).await?;
         shared.metrics.gossip_bytes_sent.inc_by(sent as u64);
@@ -214,11 +236,16 @@ async fn run_link(
     let mut peer_has: Option<Acknowledged> = None;
     let mut ticker = tokio::time::interval(shared.config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // After an exchange that could not carry everything, the next one starts at once.
+    let mut more = false;
     loop {
-        ticker.tick().await;
+        if !more {
+            ticker.tick().await;
+        }
+        let (delta, truncated) = encode_delta(shared, peer_has);
         let push = Message::Exchange {
             ack: shared.counters.acknowledged(&peer),
-            delta: shared.counters.delta_for(peer_has).encode(),
+            delta,
         };
         let sent = write_message(&mut stream, &push, max).await?;
         shared.metrics.gossip_bytes_sent.inc_by(sent as u64);
@@ -226,7 +253,9 @@ async fn run_link(
             Message::Exchange { ack, delta } => (ack, delta),
             Message::Hello { .. } => return Err(GossipError::Protocol("second hello".into())),
         };
-        merge_from(shared, &peer, &delta)?;
+        let received_keys = merge_from(shared, &peer, &delta)?;
+        // The peer's answer may have been cut to fit too; asking again at once costs one round.
+        more = truncated || received_keys >= BIG_ANSWER_KEYS;
         peer_has = ack;
         shared.metrics.exchanges.inc();
         *backoff = MIN_BACKOFF;

@@ -534,4 +534,35 @@ mod tests {
         assert_eq!(b.incr("k", 1).await?, 9);
         Ok(())
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deltas_larger_than_a_frame_arrive_in_parts() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let mut config =
+            CounterNodeConfig::new(NodeId::new("a")?, "127.0.0.1:0".parse()?, dir_a.path());
+        config.max_frame_len = 4096;
+        let a = CounterNode::start(config).await?;
+        for i in 0..5000 {
+            a.counters().add(&format!("key-{i}"), 1);
+        }
+        // 5000 keys need ~60 kB: at least 15 frames of 4 kB.
+        let mut config =
+            CounterNodeConfig::new(NodeId::new("b")?, "127.0.0.1:0".parse()?, dir_b.path());
+        config.max_frame_len = 4096;
+        config.interval = Duration::from_millis(20);
+        config.peers = vec![a.gossip_addr()];
+        let b = CounterNode::start(config).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.counters().len() < 5000 {
+            assert!(
+                Instant::now() < deadline,
+                "b holds only {} keys",
+                b.counters().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.counters().get("key-4999"), 1);
+        Ok(())
+    }
 }
