@@ -122,6 +122,29 @@ fn encode_delta(shared: &Shared, peer_has: Option<Acknowledged>) -> (Vec<u8>, bo
 }
 
 /// Merge a peer's encoded delta, checking it comes from the node it handshook as.
+/// [`encode_delta`] and then [`merge_from`] on the blocking pool: both scan or touch up to every
+/// key (hundreds of ms for 1M keys), which must not stall the runtime's HTTP and gossip tasks.
+async fn encode_off_runtime(
+    shared: &Arc<Shared>,
+    peer_has: Option<Acknowledged>,
+) -> Result<(Vec<u8>, bool), GossipError> {
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || encode_delta(&shared, peer_has))
+        .await
+        .map_err(|err| GossipError::Io(std::io::Error::other(err)))
+}
+
+async fn merge_off_runtime(
+    shared: &Arc<Shared>,
+    peer: &NodeId,
+    bytes: Vec<u8>,
+) -> Result<usize, GossipError> {
+    let (shared, peer) = (Arc::clone(shared), peer.clone());
+    tokio::task::spawn_blocking(move || merge_from(&shared, &peer, &bytes))
+        .await
+        .map_err(|err| GossipError::Io(std::io::Error::other(err)))?
+}
+
 /// Returns how many keys the delta carried.
 fn merge_from(shared: &Shared, peer: &NodeId, bytes: &[u8]) -> Result<usize, GossipError> {
     let delta = Delta::<String>::decode(bytes)?;
@@ -146,7 +169,7 @@ fn merge_from(shared: &Shared, peer: &NodeId, bytes: &[u8]) -> Result<usize, Gos
     Ok(delta.len())
 }
 
-async fn serve_inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), GossipError> {
+async fn serve_inbound(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<(), GossipError> {
     stream.set_nodelay(true)?;
     let max = shared.config.max_frame_len;
     // The initiator speaks first; answer its hello with ours.
@@ -154,6 +177,12 @@ async fn serve_inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), Gos
         Message::Hello { protocol, node } => {
             if protocol != GOSSIP_PROTOCOL_VERSION {
                 return Err(GossipError::ProtocolVersion { found: protocol });
+            }
+            if node == shared.config.node_id {
+                // Its deltas would overwrite our own entry: a duplicated id or a loop to self.
+                return Err(GossipError::Protocol(format!(
+                    "peer claims this node's own id {node}"
+                )));
             }
             node
         }
@@ -178,10 +207,10 @@ async fn serve_inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), Gos
             }
             Err(err) => return Err(err),
         };
-        merge_from(shared, &peer, &delta)?;
+        merge_off_runtime(shared, &peer, delta).await?;
         let reply = Message::Exchange {
             ack: shared.counters.acknowledged(&peer),
-            delta: encode_delta(shared, ack).0,
+            delta: encode_off_runtime(shared, ack).await?.0,
         };
         let sent = write_message(&mut stream, &reply, max).await?;
         shared.metrics.gossip_bytes_sent.inc_by(sent as u64);
@@ -218,7 +247,7 @@ pub(super) async fn peer_loop(
 
 /// One connection to a peer: handshake, then an exchange every interval until it fails.
 async fn run_link(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     index: usize,
     addr: SocketAddr,
     backoff: &mut Duration,
@@ -242,7 +271,7 @@ async fn run_link(
         if !more {
             ticker.tick().await;
         }
-        let (delta, truncated) = encode_delta(shared, peer_has);
+        let (delta, truncated) = encode_off_runtime(shared, peer_has).await?;
         let push = Message::Exchange {
             ack: shared.counters.acknowledged(&peer),
             delta,
@@ -253,7 +282,7 @@ async fn run_link(
             Message::Exchange { ack, delta } => (ack, delta),
             Message::Hello { .. } => return Err(GossipError::Protocol("second hello".into())),
         };
-        let received_keys = merge_from(shared, &peer, &delta)?;
+        let received_keys = merge_off_runtime(shared, &peer, delta).await?;
         // The peer's answer may have been cut to fit too; asking again at once costs one round.
         more = truncated || received_keys >= BIG_ANSWER_KEYS;
         peer_has = ack;
