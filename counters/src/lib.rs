@@ -68,6 +68,7 @@ mod adder;
 mod clock;
 mod counter;
 mod delta;
+mod node;
 mod node_id;
 mod pn;
 mod ratelimit;
@@ -76,6 +77,10 @@ mod set;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counter::Counter;
 pub use delta::{DELTA_FORMAT_VERSION, DecodeError, Delta};
+pub use node::{
+    CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError,
+    MAX_KEY_LEN, NodeError, PeerStatus,
+};
 pub use node_id::{MAX_NODE_ID_LEN, NodeId, NodeIdError};
 pub use pn::{PnCount, PnState};
 pub use ratelimit::{Decision, RateLimit, RateLimitError, RateLimiter, WindowKey};

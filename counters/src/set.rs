@@ -402,6 +402,30 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
             .map_or(PnCount::ZERO, Entry::totals)
     }
 
+    /// This node's own entry for the key: what its local increments add up to.
+    pub fn own<Q>(&self, key: &Q) -> PnCount
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shard(key)
+            .read()
+            .get(key)
+            .map_or(PnCount::ZERO, |entry| entry.local.sum())
+    }
+
+    /// Raise this node's own entry for `key` to at least `count` (restoring it from durable
+    /// storage after a restart); the per-part maximum, like a merge.
+    pub(crate) fn raise_own(&self, key: K, count: PnCount) {
+        let now_ms = self.now_ms();
+        self.shard(&key)
+            .write()
+            .entry(key)
+            .or_insert_with(|| Entry::new(now_ms))
+            .local
+            .raise_to(count);
+    }
+
     /// The key's full replicated state: every node's entry.
     pub fn state<Q>(&self, key: &Q) -> PnState
     where
@@ -455,6 +479,14 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     /// Observes every key's own entry first (an O(keys) scan), so it is meant to be called once
     /// per replication interval, not per request.
     pub fn delta_since(&self, since: u64) -> Delta<K> {
+        self.delta_since_at_most(since, usize::MAX)
+    }
+
+    /// Like [`delta_since`](Self::delta_since), but with at most `max_keys` keys: the ones
+    /// changed earliest, so the delta's `until` still covers every change up to it and the
+    /// receiver's acknowledgement advances; the next delta from there carries the rest.
+    /// A transport uses it to keep each message under its frame bound.
+    pub fn delta_since_at_most(&self, since: u64, max_keys: usize) -> Delta<K> {
         let now_ms = self.now_ms();
         let mut replication = self.inner.replication.lock();
         let mut keys = Vec::new();
@@ -469,17 +501,48 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
                         entries.push((0, own));
                     }
                     entries.extend_from_slice(&meta.remote);
-                    keys.push((key.clone(), entries));
+                    keys.push((meta.version, key.clone(), entries));
                 }
             }
+        }
+        let mut until = replication.version;
+        if keys.len() > max_keys.max(1) {
+            // Every change gets its own version, so the earliest `max_keys` changes are exactly
+            // the changes up to the largest version among them.
+            let keep = max_keys.max(1);
+            keys.select_nth_unstable_by_key(keep - 1, |(version, _, _)| *version);
+            keys.truncate(keep);
+            until = keys
+                .iter()
+                .map(|(version, _, _)| *version)
+                .max()
+                .unwrap_or(since);
         }
         Delta {
             origin: self.inner.node.clone(),
             incarnation: self.inner.incarnation,
             since,
-            until: replication.version,
+            until,
             nodes: self.inner.nodes.read().ids.clone(),
-            keys,
+            keys: keys
+                .into_iter()
+                .map(|(_, key, entries)| (key, entries))
+                .collect(),
+        }
+    }
+
+    /// [`delta_for`](Self::delta_for) with at most `max_keys` keys (see
+    /// [`delta_since_at_most`](Self::delta_since_at_most)).
+    pub fn delta_for_at_most(
+        &self,
+        acknowledged: Option<Acknowledged>,
+        max_keys: usize,
+    ) -> Delta<K> {
+        match acknowledged {
+            Some(ack) if ack.incarnation == self.inner.incarnation => {
+                self.delta_since_at_most(ack.version, max_keys)
+            }
+            _ => self.delta_since_at_most(0, max_keys),
         }
     }
 

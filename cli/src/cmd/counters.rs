@@ -1,8 +1,17 @@
 //! `edgekit counters ...`: run a counter node, or talk to one over its HTTP API.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
 
 use crate::args::GlobalOpts;
 
@@ -37,6 +46,12 @@ pub(crate) struct ServeArgs {
     /// Directory for this node's durable state.
     #[arg(long, value_name = "DIR")]
     pub(crate) data: PathBuf,
+    /// Anti-entropy interval: how often each peer is sent what it has not acknowledged.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) interval: Duration,
+    /// Allow node-to-node links on a non-loopback address without TLS (unauthenticated).
+    #[arg(long)]
+    pub(crate) insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -77,12 +92,125 @@ pub(crate) struct RetireArgs {
 }
 
 pub(crate) fn run(command: CountersCommand, _global: &GlobalOpts) -> anyhow::Result<()> {
-    let name = match command {
-        CountersCommand::Serve(_) => "counters serve",
-        CountersCommand::Incr(_) => "counters incr",
-        CountersCommand::Get(_) => "counters get",
-        CountersCommand::Status(_) => "counters status",
-        CountersCommand::Retire(_) => "counters retire",
-    };
-    Err(super::not_built(name, 4))
+    match command {
+        CountersCommand::Serve(args) => serve(&args),
+        CountersCommand::Incr(args) => {
+            let path = format!("/v1/counters/{}/incr?by={}", encode(&args.key), args.by);
+            let body = request(args.node.node, reqwest::Method::POST, &path)?;
+            print_value(&body, args.node.json)
+        }
+        CountersCommand::Get(args) => {
+            let path = format!("/v1/counters/{}", encode(&args.key));
+            let body = request(args.node.node, reqwest::Method::GET, &path)?;
+            print_value(&body, args.node.json)
+        }
+        CountersCommand::Status(args) => {
+            let body = request(args.node, reqwest::Method::GET, "/v1/status")?;
+            print_status(&body, args.json)
+        }
+        CountersCommand::Retire(_) => Err(super::not_built("counters retire", 4)),
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing to listen for node links on non-loopback {} without TLS (mutual TLS is not \
+             built yet); pass --insecure to accept unauthenticated links",
+            args.listen
+        );
+    }
+    let node_id = NodeId::new(&args.node_id)
+        .with_context(|| format!("--node-id {:?} is not a valid node id", args.node_id))?;
+    let mut config = CounterNodeConfig::new(node_id, args.listen, &args.data);
+    config.peers.clone_from(&args.peers);
+    config.http = Some(args.http);
+    config.interval = args.interval;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let node = CounterNode::start(config).await?;
+        let mut stderr = io::stderr().lock();
+        writeln!(stderr, "gossip listening on {}", node.gossip_addr())?;
+        if let Some(http) = node.http_addr() {
+            writeln!(stderr, "http listening on {http}")?;
+        }
+        drop(stderr);
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        node.shutdown();
+        Ok(())
+    })
+}
+
+fn encode(key: &str) -> String {
+    utf8_percent_encode(key, NON_ALPHANUMERIC).to_string()
+}
+
+/// One request to a node's HTTP API; a non-2xx answer becomes an error with the node's message.
+fn request(node: SocketAddr, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let url = format!("http://{node}{path}");
+        let response = client
+            .request(method, &url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the counter node at {node}"))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("the node at {node} answered {status} without JSON"))?;
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("no message");
+            bail!("the node at {node} answered {status}: {message}");
+        }
+        Ok(body)
+    })
+}
+
+fn print_value(body: &Value, json: bool) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    if json {
+        writeln!(stdout, "{body}")?;
+    } else {
+        writeln!(stdout, "{}", body["value"])?;
+    }
+    Ok(())
+}
+
+fn print_status(body: &Value, json: bool) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    if json {
+        writeln!(stdout, "{body}")?;
+        return Ok(());
+    }
+    let text = |value: &Value| value.as_str().unwrap_or("?").to_owned();
+    writeln!(stdout, "node    {}", text(&body["node_id"]))?;
+    writeln!(stdout, "gossip  {}", text(&body["gossip_addr"]))?;
+    writeln!(stdout, "keys    {}", body["keys"])?;
+    for peer in body["peers"].as_array().into_iter().flatten() {
+        let id = peer["node_id"].as_str().unwrap_or("(no handshake yet)");
+        let sync = match peer["last_sync_age_ms"].as_u64() {
+            Some(age) => format!("synced {age} ms ago"),
+            None => "never synced".to_owned(),
+        };
+        write!(stdout, "peer    {} {id} {sync}", text(&peer["addr"]))?;
+        if let Some(error) = peer["last_error"].as_str() {
+            write!(stdout, " (last error: {error})")?;
+        }
+        writeln!(stdout)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,416 @@
+//! `edgekit counters`: real node processes on loopback — replication through a frozen node,
+//! `kill -9` mid-burst, hostile gossip frames, and the client subcommands.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use predicates::prelude::*;
+use serde_json::Value;
+
+/// A running `edgekit counters serve`; killed (SIGKILL) on drop.
+struct Node {
+    child: Child,
+    http: SocketAddr,
+    gossip: SocketAddr,
+}
+
+impl Node {
+    fn start(id: &str, gossip: SocketAddr, peers: &[SocketAddr], data: &Path) -> Self {
+        let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_edgekit"));
+        command
+            .args([
+                "counters",
+                "serve",
+                "--node-id",
+                id,
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .args(["--listen", &gossip.to_string(), "--interval", "200ms"])
+            .arg("--data")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !peers.is_empty() {
+            command.args(["--peers", &peers.join(",")]);
+        }
+        let mut child = command.spawn().expect("spawn edgekit counters serve");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let (mut http, mut bound_gossip) = (None, None);
+        while http.is_none() || bound_gossip.is_none() {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("node {id} exited before listening"));
+            if let Some(addr) = line.strip_prefix("http listening on ") {
+                http = addr.trim().parse().ok();
+            } else if let Some(addr) = line.strip_prefix("gossip listening on ") {
+                bound_gossip = addr.trim().parse().ok();
+            }
+        }
+        // Keep draining stderr so the node never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            http: http.expect("http address"),
+            gossip: bound_gossip.expect("gossip address"),
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn kill9(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    fn get(&self, key: &str) -> i64 {
+        let (status, body) =
+            http(self.http, "GET", &format!("/v1/counters/{key}")).expect("GET reaches the node");
+        assert_eq!(status, 200, "{body}");
+        body["value"].as_i64().expect("value is an integer")
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A frozen node must be resumed to die promptly.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gossip address for a node to bind: the OS picks a free port, which we release for it.
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr")
+}
+
+/// One HTTP/1.1 request without keep-alive; `None` if the connection fails (node down).
+fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, Value)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// Increment `key` by `by`; `Some(value)` only when the node acknowledged it.
+fn incr(addr: SocketAddr, key: &str, by: i64) -> Option<i64> {
+    match http(addr, "POST", &format!("/v1/counters/{key}/incr?by={by}"))? {
+        (200, body) => body["value"].as_i64(),
+        _ => None,
+    }
+}
+
+fn wait_until_all_read(nodes: &[&Node], key: &str, expected: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let values: Vec<i64> = nodes.iter().map(|node| node.get(key)).collect();
+        if values.iter().all(|value| *value == expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes read {values:?}, expected {expected} on all within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run `per_client` increments (amounts cycling 1, 2, 3, -1) from two clients on each node.
+fn burst(nodes: &[&Node], key: &str, per_client: usize, acknowledged: &AtomicI64) {
+    std::thread::scope(|scope| {
+        for node in nodes {
+            for client in 0..2 {
+                let addr = node.http;
+                scope.spawn(move || {
+                    for i in 0..per_client {
+                        let by = [1, 2, 3, -1][(i + client) % 4];
+                        if incr(addr, key, by).is_some() {
+                            acknowledged.fetch_add(by, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        }
+    });
+}
+
+#[test]
+fn three_nodes_converge_to_the_acknowledged_sum_through_a_frozen_node() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let peers =
+        |me: usize| -> Vec<SocketAddr> { (0..3).filter(|i| *i != me).map(|i| addrs[i]).collect() };
+    let a = Node::start("a", addrs[0], &peers(0), dirs[0].path());
+    let b = Node::start("b", addrs[1], &peers(1), dirs[1].path());
+    let c = Node::start("c", addrs[2], &peers(2), dirs[2].path());
+    let acknowledged = AtomicI64::new(0);
+
+    burst(&[&a, &b, &c], "total", 40, &acknowledged);
+    // Freeze c: its peers' exchanges with it time out while they keep counting.
+    c.signal("STOP");
+    burst(&[&a, &b], "total", 40, &acknowledged);
+    std::thread::sleep(Duration::from_millis(500));
+    c.signal("CONT");
+    burst(&[&a, &b, &c], "total", 20, &acknowledged);
+
+    let expected = acknowledged.load(Ordering::SeqCst);
+    assert!(expected > 0);
+    wait_until_all_read(&[&a, &b, &c], "total", expected, Duration::from_secs(15));
+    // Converged means stable: more gossip rounds change nothing.
+    std::thread::sleep(Duration::from_millis(600));
+    wait_until_all_read(&[&a, &b, &c], "total", expected, Duration::ZERO);
+}
+
+#[test]
+fn kill_9_mid_burst_loses_no_acknowledged_increment_and_counts_none_twice() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let mut a = Node::start("a", addr_a, &[addr_b], dir_a.path());
+    let b = Node::start("b", addr_b, &[addr_a], dir_b.path());
+
+    let acknowledged = Arc::new(AtomicI64::new(0));
+    let unanswered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (acknowledged, unanswered, stop) =
+                (acknowledged.clone(), unanswered.clone(), stop.clone());
+            let addr = a.http;
+            std::thread::spawn(move || {
+                // Each client stops at its first unanswered request: at most one in flight.
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if incr(addr, "burst", 1).is_some() {
+                        acknowledged.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        unanswered.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the burst run and gossip spread some of it, then crash in the middle of it.
+    let started = Instant::now();
+    while acknowledged.load(Ordering::SeqCst) < 150 && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let acked = acknowledged.load(Ordering::SeqCst);
+    let in_flight = i64::try_from(unanswered.load(Ordering::SeqCst)).unwrap();
+    assert!(acked >= 150, "burst too small to mean anything: {acked}");
+
+    let a = Node::start("a", addr_a, &[addr_b], dir_a.path());
+    let restarted = a.get("burst");
+    eprintln!("kill -9: {acked} acknowledged, {in_flight} unanswered, {restarted} after restart");
+    assert!(
+        (acked..=acked + in_flight).contains(&restarted),
+        "after kill -9: {restarted}, acknowledged {acked}, unanswered {in_flight}"
+    );
+    // Merging b's view of a's old entry must neither lose nor add anything.
+    wait_until_all_read(&[&a, &b], "burst", restarted, Duration::from_secs(10));
+    assert_eq!(incr(a.http, "burst", 5), Some(restarted + 5));
+    wait_until_all_read(&[&a, &b], "burst", restarted + 5, Duration::from_secs(10));
+}
+
+#[test]
+fn garbage_truncated_and_oversized_frames_do_not_stop_the_node() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let mut a = Node::start("a", addr_a, &[addr_b], dir_a.path());
+    let b = Node::start("b", addr_b, &[addr_a], dir_b.path());
+
+    let hostile: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", // not a frame: huge length
+        &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3],   // oversized length
+        &[0, 0, 0, 0],                        // empty frame
+        &[0, 0, 0, 8, 0, 1, 1],               // truncated hello
+        &[0, 0, 0, 4, 0, 9, 1, b'z'],         // hello, unknown protocol 9
+        &[0, 0, 0, 5, 7, 7, 7, 7, 7],         // unknown message variant
+        &[0, 0, 0, 4, 0, 1, 1, b'z', 0, 0, 0, 4, 1, 0, 2, 0xff], // hello, then a bad delta
+    ];
+    for bytes in hostile {
+        let mut stream = TcpStream::connect(a.gossip).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.write_all(bytes);
+        // The node answers (a hello, perhaps) and then closes the connection.
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    // A flood of connections that send half a frame and hang up.
+    for _ in 0..200 {
+        if let Ok(mut stream) = TcpStream::connect(a.gossip) {
+            let _ = stream.write_all(&[0, 0, 1]);
+        }
+    }
+    assert!(a.alive(), "the node died from hostile frames");
+    assert_eq!(incr(a.http, "after", 4), Some(4));
+    let on_b = incr(b.http, "after", 3).expect("b acknowledges");
+    assert!(on_b == 3 || on_b == 7, "b read {on_b}");
+    wait_until_all_read(&[&a, &b], "after", 7, Duration::from_secs(10));
+    let (status, metrics) = raw_get(a.http, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("edgekit_counters_gossip_connection_errors_total"),
+        "{metrics}"
+    );
+}
+
+fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (
+        status,
+        response.split_once("\r\n\r\n").unwrap().1.to_owned(),
+    )
+}
+
+#[test]
+fn http_api_rejects_bad_input_with_400_and_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start("solo", free_addr(), &[], dir.path());
+    let long_key = "k".repeat(300);
+    for (method, path, needle) in [
+        ("POST", "/v1/counters/k/incr?by=ten".to_owned(), "by"),
+        ("POST", "/v1/counters//incr".to_owned(), "empty"),
+        ("POST", format!("/v1/counters/{long_key}/incr"), "300 bytes"),
+        (
+            "GET",
+            "/v1/ratelimit/k?limit=x&window=1".to_owned(),
+            "limit",
+        ),
+        ("GET", "/v1/ratelimit/k?limit=5".to_owned(), "window"),
+    ] {
+        let (status, body) = http(node.http, method, &path).unwrap();
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{method} {path}: {message}");
+    }
+    assert_eq!(incr(node.http, "k", -3), Some(-3));
+    let (status, decision) =
+        http(node.http, "GET", "/v1/ratelimit/k?limit=2&window=60&cost=2").unwrap();
+    assert_eq!((status, decision["allowed"].as_bool()), (200, Some(true)));
+    let (_, decision) = http(node.http, "GET", "/v1/ratelimit/k?limit=2&window=60").unwrap();
+    assert_eq!(decision["allowed"].as_bool(), Some(false));
+}
+
+#[test]
+fn cli_incr_get_and_status_talk_to_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = free_addr();
+    let node = Node::start("cli-node", free_addr(), &[peer], dir.path());
+    let http = node.http.to_string();
+    let edgekit = || assert_cmd::Command::cargo_bin("edgekit").unwrap();
+
+    edgekit()
+        .args(["counters", "incr", "hits", "--by", "-4", "--node", &http])
+        .assert()
+        .success()
+        .stdout("-4\n");
+    edgekit()
+        .args([
+            "counters", "incr", "hits", "--by", "10", "--node", &http, "--json",
+        ])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains(r#""value":6"#)
+                .and(predicate::str::contains(r#""key":"hits""#)),
+        );
+    edgekit()
+        .args(["counters", "get", "hits", "--node", &http])
+        .assert()
+        .success()
+        .stdout("6\n");
+    edgekit()
+        .args(["counters", "status", "--node", &http])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("node    cli-node")
+                .and(predicate::str::contains(peer.to_string()))
+                .and(predicate::str::contains("never synced")),
+        );
+    edgekit()
+        .args(["counters", "status", "--node", &http, "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(r#""node_id":"cli-node""#));
+    edgekit()
+        .args(["counters", "incr", "", "--node", &http])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("key is empty"));
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_listen_address_without_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_cmd::Command::cargo_bin("edgekit")
+        .unwrap()
+        .args([
+            "counters",
+            "serve",
+            "--node-id",
+            "n",
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--insecure"));
+}

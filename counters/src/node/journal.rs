@@ -1,0 +1,168 @@
+//! The durable record of this node's own entries: an fsynced, append-only log.
+//!
+//! Each record is `len u32 LE | xxh3-64 of payload u64 LE | payload`, the payload being the
+//! postcard encoding of `(key: String, increments: u64, decrements: u64)`: the node's whole own
+//! entry for the key after a batch of increments. Entries only grow, so loading takes the
+//! per-key maximum, and a torn record at the end (a crash during a write) is simply dropped:
+//! the increments it carried were never acknowledged.
+
+use std::{
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use crate::PnCount;
+
+const FILE_NAME: &str = "own-entries.log";
+const HEADER_LEN: usize = 12;
+/// Keys are bounded by the HTTP API; anything longer in the file is corruption.
+const MAX_RECORD_LEN: usize = 64 * 1024;
+
+pub(crate) struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Open (creating) the journal in `dir`, returning every own entry it holds. The file is
+    /// rewritten compacted (one record per key) so it does not grow without bound over restarts.
+    pub(crate) fn open(dir: &Path) -> io::Result<(Self, HashMap<String, PnCount>)> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        let entries = parse(&bytes);
+        let compacted = dir.join(format!("{FILE_NAME}.tmp"));
+        {
+            let mut file = File::create(&compacted)?;
+            let mut buffer = Vec::new();
+            for (key, count) in &entries {
+                encode_record(&mut buffer, key, *count);
+            }
+            file.write_all(&buffer)?;
+            file.sync_all()?;
+        }
+        fs::rename(&compacted, &path)?;
+        // The rename itself must be durable before we acknowledge anything on top of it.
+        File::open(dir)?.sync_all()?;
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok((Self { file, path }, entries))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append `entries` and fsync: once this returns `Ok`, they survive a crash.
+    pub(crate) fn append(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
+        let mut buffer = Vec::new();
+        for (key, count) in entries {
+            encode_record(&mut buffer, key, *count);
+        }
+        self.file.write_all(&buffer)?;
+        self.file.sync_data()
+    }
+}
+
+fn encode_record(buffer: &mut Vec<u8>, key: &str, count: PnCount) {
+    // Serializing a tuple of a string and integers into a Vec cannot fail.
+    let payload =
+        postcard::to_stdvec(&(key, count.increments, count.decrements)).unwrap_or_default();
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    buffer.extend_from_slice(&len.to_le_bytes());
+    buffer.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+    buffer.extend_from_slice(&payload);
+}
+
+/// Every complete, intact record's entry, per-key maximum; stops at the first bad record.
+fn parse(mut bytes: &[u8]) -> HashMap<String, PnCount> {
+    let mut entries: HashMap<String, PnCount> = HashMap::new();
+    while bytes.len() >= HEADER_LEN {
+        let (header, rest) = bytes.split_at(HEADER_LEN);
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&header[..4]);
+        let mut sum_bytes = [0u8; 8];
+        sum_bytes.copy_from_slice(&header[4..]);
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > MAX_RECORD_LEN || len > rest.len() {
+            break;
+        }
+        let (payload, after) = rest.split_at(len);
+        if xxhash_rust::xxh3::xxh3_64(payload) != u64::from_le_bytes(sum_bytes) {
+            break;
+        }
+        let Ok((key, increments, decrements)) = postcard::from_bytes::<(String, u64, u64)>(payload)
+        else {
+            break;
+        };
+        let count = PnCount {
+            increments,
+            decrements,
+        };
+        let slot = entries.entry(key).or_default();
+        *slot = slot.merged(count);
+        bytes = after;
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(increments: u64, decrements: u64) -> PnCount {
+        PnCount {
+            increments,
+            decrements,
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_the_maximum_and_drops_a_torn_tail() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        {
+            let (mut journal, entries) = Journal::open(dir.path())?;
+            assert!(entries.is_empty());
+            journal.append(&[("a".into(), count(3, 1)), ("b".into(), count(1, 0))])?;
+            journal.append(&[("a".into(), count(5, 1))])?;
+            journal.append(&[("b".into(), count(9, 9))])?;
+            let path = journal.path().to_path_buf();
+            drop(journal);
+            // Tear the last record in half, as a crash mid-write would.
+            let bytes = fs::read(&path)?;
+            fs::write(&path, &bytes[..bytes.len() - 3])?;
+        }
+        let (mut journal, entries) = Journal::open(dir.path())?;
+        assert_eq!(entries.get("a"), Some(&count(5, 1)));
+        assert_eq!(entries.get("b"), Some(&count(1, 0)));
+        // Appending after the repaired tail is readable again.
+        journal.append(&[("b".into(), count(2, 0))])?;
+        drop(journal);
+        let (_, entries) = Journal::open(dir.path())?;
+        assert_eq!(entries.get("b"), Some(&count(2, 0)));
+        assert_eq!(entries.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_corrupted_record_ends_the_log_there() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (mut journal, _) = Journal::open(dir.path())?;
+        journal.append(&[("a".into(), count(1, 0))])?;
+        journal.append(&[("a".into(), count(2, 0))])?;
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        let mut bytes = fs::read(&path)?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes)?;
+        let (_, entries) = Journal::open(dir.path())?;
+        assert_eq!(entries.get("a"), Some(&count(1, 0)));
+        Ok(())
+    }
+}

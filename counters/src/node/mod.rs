@@ -1,0 +1,568 @@
+//! [`CounterNode`]: a replicated, durable counter service that apps can embed.
+
+mod frame;
+mod gossip;
+mod http;
+mod journal;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use prometheus_client::{
+    metrics::{counter::Counter as PromCounter, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot, watch},
+};
+
+pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError};
+
+use crate::{CounterSet, NodeId, PnCount};
+
+/// The longest counter key the node accepts, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// How a [`CounterNode`] runs. Build with [`CounterNodeConfig::new`], then [`validate`](Self::validate)
+/// (done by [`CounterNode::start`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CounterNodeConfig {
+    /// This node's stable id; a restart must reuse it (and its data directory).
+    pub node_id: NodeId,
+    /// Address for node-to-node gossip (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Peers' gossip addresses.
+    pub peers: Vec<SocketAddr>,
+    /// Address for the HTTP API, if any (port 0 picks one).
+    pub http: Option<SocketAddr>,
+    /// Directory for the durable journal of this node's own entries.
+    pub data_dir: PathBuf,
+    /// Anti-entropy period: each peer gets a delta this often. Default 1 s.
+    pub interval: Duration,
+    /// Bound on one gossip frame's payload. Default 16 MiB.
+    pub max_frame_len: usize,
+}
+
+impl CounterNodeConfig {
+    /// A config with the default interval and frame bound.
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id,
+            listen,
+            peers: Vec::new(),
+            http: None,
+            data_dir: data_dir.into(),
+            interval: Duration::from_secs(1),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+
+    /// Check every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        if self.interval.is_zero() || self.interval > Duration::from_secs(3600) {
+            return Err(NodeError::Config(format!(
+                "interval = {:?}: must be between 1 ns and 1 h",
+                self.interval
+            )));
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > u32::MAX as usize {
+            return Err(NodeError::Config(format!(
+                "max_frame_len = {}: must be between 1024 and {}",
+                self.max_frame_len,
+                u32::MAX
+            )));
+        }
+        if self.peers.contains(&self.listen) {
+            return Err(NodeError::Config(format!(
+                "peers contains {}, this node's own listen address",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a node could not start, or an increment could not be made durable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A config field is invalid.
+    #[error("bad counter node config: {0}")]
+    Config(String),
+    /// The journal in the data directory could not be opened or written.
+    #[error("journal {path}: {source}")]
+    Journal {
+        /// The file or directory.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The journal failed earlier; the node refuses increments it cannot make durable.
+    #[error("journal failed, increments are refused until restart: {0}")]
+    JournalFailed(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// What one configured peer link looks like now.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// The peer's gossip address, as configured.
+    pub addr: SocketAddr,
+    /// Its node id, once a handshake succeeded.
+    pub node_id: Option<String>,
+    /// Milliseconds since the last completed exchange with it, if any.
+    pub last_sync_age_ms: Option<u64>,
+    /// The last error on the link, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    addr: SocketAddr,
+    node_id: Option<NodeId>,
+    last_sync: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct Metrics {
+    registry: Registry,
+    increments: PromCounter,
+    exchanges: PromCounter,
+    gossip_bytes_sent: PromCounter,
+    gossip_bytes_received: PromCounter,
+    gossip_connections_closed_on_error: PromCounter,
+    keys: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("edgekit_counters");
+        let metrics = Self {
+            increments: PromCounter::default(),
+            exchanges: PromCounter::default(),
+            gossip_bytes_sent: PromCounter::default(),
+            gossip_bytes_received: PromCounter::default(),
+            gossip_connections_closed_on_error: PromCounter::default(),
+            keys: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "increments",
+            "Durable increments applied through this node",
+            metrics.increments.clone(),
+        );
+        registry.register(
+            "gossip_exchanges",
+            "Completed push-pull exchanges with peers",
+            metrics.exchanges.clone(),
+        );
+        registry.register(
+            "gossip_sent_bytes",
+            "Gossip bytes sent, frames included",
+            metrics.gossip_bytes_sent.clone(),
+        );
+        registry.register(
+            "gossip_received_bytes",
+            "Gossip delta bytes received",
+            metrics.gossip_bytes_received.clone(),
+        );
+        registry.register(
+            "gossip_connection_errors",
+            "Gossip connections closed because of an error (bad frame, timeout, I/O)",
+            metrics.gossip_connections_closed_on_error.clone(),
+        );
+        registry.register("keys", "Counter keys held", metrics.keys.clone());
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+struct IncrRequest {
+    key: String,
+    by: i64,
+    reply: oneshot::Sender<Result<i64, NodeError>>,
+}
+
+pub(crate) struct Shared {
+    counters: CounterSet<String>,
+    config: CounterNodeConfig,
+    peers: Mutex<Vec<PeerState>>,
+    metrics: Metrics,
+    commits: mpsc::Sender<IncrRequest>,
+    limiters: Mutex<std::collections::HashMap<(u64, u64), crate::RateLimiter<String>>>,
+    gossip_addr: SocketAddr,
+}
+
+/// A running counter node: durable local increments, push-pull anti-entropy with static peers
+/// over TCP, and (optionally) the HTTP API. Dropping it (or [`shutdown`](Self::shutdown)) stops
+/// its tasks.
+///
+/// **Durability:** an increment is journalled (fsynced, group-committed with concurrent ones)
+/// *before* it is applied in memory, so peers only ever see durable values of this node's entry;
+/// after `kill -9` the node reloads its entry from the journal and loses no acknowledged
+/// increment and counts none twice.
+///
+/// ```
+/// use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let config = CounterNodeConfig::new(NodeId::new("edge-1")?, "127.0.0.1:0".parse()?, dir.path());
+/// let node = CounterNode::start(config).await?;
+/// assert_eq!(node.incr("hits", 2).await?, 2);
+/// assert_eq!(node.counters().get("hits"), 2);
+/// node.shutdown();
+/// # Ok(())
+/// # }
+/// ```
+pub struct CounterNode {
+    shared: Arc<Shared>,
+    http_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for CounterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterNode")
+            .field("node_id", &self.shared.config.node_id)
+            .field("gossip_addr", &self.shared.gossip_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CounterNode {
+    /// Load the journal, bind the gossip (and HTTP) listeners, and start replicating.
+    pub async fn start(config: CounterNodeConfig) -> Result<Self, NodeError> {
+        config.validate()?;
+        let (journal, own_entries) =
+            journal::Journal::open(&config.data_dir).map_err(|source| NodeError::Journal {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let counters = CounterSet::<String>::new(config.node_id.clone());
+        for (key, count) in own_entries {
+            counters.raise_own(key, count);
+        }
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let gossip_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let http_listener = match config.http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let (commits, commit_queue) = mpsc::channel(65_536);
+        let shared = Arc::new(Shared {
+            counters: counters.clone(),
+            peers: Mutex::new(
+                config
+                    .peers
+                    .iter()
+                    .map(|addr| PeerState {
+                        addr: *addr,
+                        node_id: None,
+                        last_sync: None,
+                        last_error: None,
+                    })
+                    .collect(),
+            ),
+            metrics: Metrics::new(),
+            commits,
+            limiters: Mutex::new(std::collections::HashMap::new()),
+            gossip_addr,
+            config,
+        });
+        // The committer holds no `Shared`, so it ends once the node (the queue's sender) is gone.
+        let committer_counters = shared.counters.clone();
+        let committed = shared.metrics.increments.clone();
+        std::thread::Builder::new()
+            .name("counters-journal".into())
+            .spawn(move || run_committer(&committer_counters, &committed, journal, commit_queue))
+            .map_err(|source| NodeError::Journal {
+                path: shared.config.data_dir.clone(),
+                source,
+            })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(gossip::accept_loop(
+            Arc::clone(&shared),
+            listener,
+            shutdown_rx.clone(),
+        ));
+        for (index, addr) in shared.config.peers.iter().enumerate() {
+            tokio::spawn(gossip::peer_loop(
+                Arc::clone(&shared),
+                index,
+                *addr,
+                shutdown_rx.clone(),
+            ));
+        }
+        let http_addr = match http_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+                    addr: gossip_addr,
+                    source,
+                })?;
+                tokio::spawn(http::serve(Arc::clone(&shared), listener, shutdown_rx));
+                Some(addr)
+            }
+            None => None,
+        };
+        Ok(Self {
+            shared,
+            http_addr,
+            shutdown,
+        })
+    }
+
+    /// The bound gossip address.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.shared.gossip_addr
+    }
+
+    /// The bound HTTP address, if the API is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The replicated counters (read them freely; increment through [`incr`](Self::incr) so
+    /// increments are durable).
+    pub fn counters(&self) -> &CounterSet<String> {
+        &self.shared.counters
+    }
+
+    /// Add `by` to `key` durably; returns the key's value as this node sees it afterwards.
+    pub async fn incr(&self, key: &str, by: i64) -> Result<i64, NodeError> {
+        self.shared.incr(key, by).await
+    }
+
+    /// Every configured peer's link state.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.shared.peer_statuses()
+    }
+
+    /// Stop gossiping and serving HTTP.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for CounterNode {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Shared {
+    async fn incr(&self, key: &str, by: i64) -> Result<i64, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commits
+            .send(IncrRequest {
+                key: key.to_owned(),
+                by,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    fn peer_statuses(&self) -> Vec<PeerStatus> {
+        self.peers
+            .lock()
+            .iter()
+            .map(|peer| PeerStatus {
+                addr: peer.addr,
+                node_id: peer.node_id.as_ref().map(|id| id.as_str().to_owned()),
+                last_sync_age_ms: peer
+                    .last_sync
+                    .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                last_error: peer.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The most increments folded into one fsync.
+const MAX_BATCH: usize = 4096;
+
+/// The single writer of this node's own entries: journal a batch, fsync, then apply it.
+/// Because nothing else adds to the own entry, its in-memory value never runs ahead of the
+/// journal, so neither gossip nor a crash can expose an increment that was not made durable.
+fn run_committer(
+    counters: &CounterSet<String>,
+    committed: &PromCounter,
+    mut journal: journal::Journal,
+    mut queue: mpsc::Receiver<IncrRequest>,
+) {
+    let failed = AtomicBool::new(false);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        if failed.load(Ordering::Relaxed) {
+            for request in batch.drain(..) {
+                let _ = request.reply.send(Err(NodeError::JournalFailed(
+                    "an earlier write failed".into(),
+                )));
+            }
+            continue;
+        }
+        let mut after: Vec<(String, PnCount)> = Vec::new();
+        let mut slot_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for request in &batch {
+            match slot_of.get(request.key.as_str()) {
+                Some(&slot) => after[slot].1 = after[slot].1.plus(request.by),
+                None => {
+                    slot_of.insert(&request.key, after.len());
+                    after.push((
+                        request.key.clone(),
+                        counters.own(&request.key).plus(request.by),
+                    ));
+                }
+            }
+        }
+        match journal.append(&after) {
+            Ok(()) => {
+                for request in batch.drain(..) {
+                    counters.add(&request.key, request.by);
+                    committed.inc();
+                    let value = counters.get(&request.key);
+                    let _ = request.reply.send(Ok(value));
+                }
+            }
+            Err(err) => {
+                // The file's state is unknown now; counting on would risk acknowledging
+                // increments that a reload would not see.
+                tracing::error!(path = %journal.path().display(), error = %err, "journal write failed");
+                failed.store(true, Ordering::Relaxed);
+                for request in batch.drain(..) {
+                    let _ = request
+                        .reply
+                        .send(Err(NodeError::JournalFailed(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn node(
+        id: &str,
+        dir: &std::path::Path,
+        peers: Vec<SocketAddr>,
+        listen: SocketAddr,
+    ) -> Result<CounterNode, Box<dyn std::error::Error>> {
+        let mut config = CounterNodeConfig::new(NodeId::new(id)?, listen, dir);
+        config.peers = peers;
+        config.interval = Duration::from_millis(50);
+        Ok(CounterNode::start(config).await?)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_converge_and_a_restart_keeps_the_own_entry()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let a = node("a", dir_a.path(), vec![], "127.0.0.1:0".parse()?).await?;
+        let b = node(
+            "b",
+            dir_b.path(),
+            vec![a.gossip_addr()],
+            "127.0.0.1:0".parse()?,
+        )
+        .await?;
+        a.incr("k", 5).await?;
+        b.incr("k", -2).await?;
+        b.incr("k", 10).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (a.counters().get("k"), b.counters().get("k")) != (13, 13) {
+            assert!(
+                Instant::now() < deadline,
+                "no convergence: {} {}",
+                a.counters().get("k"),
+                b.counters().get("k")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Restart b from its journal alone (no peers): its own entry (+10, -2) is back.
+        b.shutdown();
+        let b = node("b", dir_b.path(), vec![], "127.0.0.1:0".parse()?).await?;
+        assert_eq!(b.counters().get("k"), 8);
+        assert_eq!(b.incr("k", 1).await?, 9);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deltas_larger_than_a_frame_arrive_in_parts() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let mut config =
+            CounterNodeConfig::new(NodeId::new("a")?, "127.0.0.1:0".parse()?, dir_a.path());
+        config.max_frame_len = 4096;
+        let a = CounterNode::start(config).await?;
+        for i in 0..5000 {
+            a.counters().add(&format!("key-{i}"), 1);
+        }
+        // 5000 keys need ~60 kB: at least 15 frames of 4 kB.
+        let mut config =
+            CounterNodeConfig::new(NodeId::new("b")?, "127.0.0.1:0".parse()?, dir_b.path());
+        config.max_frame_len = 4096;
+        config.interval = Duration::from_millis(20);
+        config.peers = vec![a.gossip_addr()];
+        let b = CounterNode::start(config).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.counters().len() < 5000 {
+            assert!(
+                Instant::now() < deadline,
+                "b holds only {} keys",
+                b.counters().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.counters().get("key-4999"), 1);
+        Ok(())
+    }
+}
