@@ -53,6 +53,11 @@ pub use wire::{
 };
 
 pub mod bench;
+mod server;
+pub use server::{
+    DnsServer, Network, NetworkParseError, ServerConfig, ServerConfigError, ServerError,
+    ServerStatsSnapshot,
+};
 mod packet_cache;
 pub use packet_cache::{
     CacheInsertError, ManualClock, MillisClock, MonotonicClock, PacketCache, PacketCacheConfig,

@@ -1,0 +1,480 @@
+//! `DnsServer` on loopback in front of an in-process hierarchy of authoritative servers.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
+
+use edgekit_dns::{
+    Clock, DnsServer, Resolver, ResolverConfig, RootHints, ServerConfig,
+    proto::{
+        op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+        rr::{Name, RData, RecordType},
+    },
+};
+use edgekit_testkit::dns::{Behaviour, DnsHierarchy, HierarchyBuilder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+};
+
+const ROOT: &str = "
+$TTL 86400
+@        IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
+@        IN NS  a.root.
+a.root.  IN A   127.0.0.2
+test.    IN NS  ns1.test.
+ns1.test. IN A  127.0.0.3
+";
+
+const TEST: &str = "
+$TTL 86400
+@             IN SOA ns1.test. hostmaster.test. 1 1800 900 604800 300
+@             IN NS  ns1.test.
+ns1           IN A   127.0.0.3
+example       IN NS  ns1.example.test.
+ns1.example   IN A   127.0.0.4
+";
+
+const EXAMPLE: &str = "
+$TTL 300
+@         IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@         IN NS  ns1.example.test.
+ns1       IN A   127.0.0.4
+www       IN A   192.0.2.1
+www2      IN A   192.0.2.2
+slow      IN A   192.0.2.3
+slow2     IN A   192.0.2.4
+big       IN TXT \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"
+big       IN TXT \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"
+big       IN TXT \"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\"
+big       IN TXT \"dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd\"
+big       IN TXT \"eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee\"
+big       IN TXT \"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\"
+";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    hierarchy: DnsHierarchy,
+    server: DnsServer,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let hierarchy = HierarchyBuilder::new()
+            .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
+            .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
+            .server(
+                "ns1.example.test.",
+                Ipv4Addr::new(127, 0, 0, 4),
+                &[("example.test.", EXAMPLE)],
+            )
+            .start()
+            .await
+            .expect("the hierarchy starts");
+        let hints = RootHints::parse(hierarchy.root_hints()).expect("hints parse");
+        let resolver = Resolver::with_parts(
+            ResolverConfig::for_loopback_hierarchy(hierarchy.port()),
+            hints,
+            Clock::system(),
+        )
+        .expect("valid resolver config");
+        let mut config = ServerConfig::default();
+        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        config.udp_sockets_per_address = 2;
+        adjust(&mut config);
+        let server = DnsServer::start(config, resolver)
+            .await
+            .expect("the server starts");
+        Self { hierarchy, server }
+    }
+
+    fn udp(&self) -> SocketAddr {
+        self.server.udp_addresses()[0]
+    }
+
+    fn tcp(&self) -> SocketAddr {
+        self.server.tcp_addresses()[0]
+    }
+
+    /// Questions the leaf server received for `name`.
+    fn leaf_queries_for(&self, name: &str) -> usize {
+        self.hierarchy
+            .server("ns1.example.test.")
+            .queries()
+            .iter()
+            .filter(|query| query.name.to_ascii().eq_ignore_ascii_case(name))
+            .count()
+    }
+}
+
+fn query(id: u16, name: &str, record_type: RecordType, edns_payload: Option<u16>) -> Vec<u8> {
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_str(name).unwrap(), record_type));
+    if let Some(payload) = edns_payload {
+        let mut edns = Edns::new();
+        edns.set_max_payload(payload);
+        message.set_edns(edns);
+    }
+    message.to_vec().unwrap()
+}
+
+async fn udp_exchange(server: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(packet, server).await.unwrap();
+    let mut buffer = vec![0u8; 65_535];
+    let (length, _) = tokio::time::timeout(TIMEOUT, socket.recv_from(&mut buffer))
+        .await
+        .expect("the server answers within the timeout")
+        .unwrap();
+    buffer.truncate(length);
+    buffer
+}
+
+async fn udp_ask(server: SocketAddr, packet: &[u8]) -> Message {
+    Message::from_vec(&udp_exchange(server, packet).await).expect("the answer parses")
+}
+
+/// Send all `packets` in one write on one connection and read as many answers.
+async fn tcp_ask(server: SocketAddr, packets: &[Vec<u8>]) -> Vec<Message> {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let mut bytes = Vec::new();
+    for packet in packets {
+        bytes.extend_from_slice(&u16::try_from(packet.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(packet);
+    }
+    stream.write_all(&bytes).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in packets {
+        let mut length = [0u8; 2];
+        tokio::time::timeout(TIMEOUT, stream.read_exact(&mut length))
+            .await
+            .expect("the server answers within the timeout")
+            .unwrap();
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut body).await.unwrap();
+        answers.push(Message::from_vec(&body).expect("the answer parses"));
+    }
+    answers
+}
+
+fn a_addresses(message: &Message) -> Vec<Ipv4Addr> {
+    message
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_udp_then_from_the_packet_cache() {
+    let fixture = Fixture::start().await;
+    let first = udp_ask(
+        fixture.udp(),
+        &query(7, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(first.metadata.id, 7);
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    assert!(first.metadata.recursion_available);
+    assert_eq!(a_addresses(&first), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert_eq!(fixture.server.stats().cache_hits, 0);
+    let upstream_before = fixture.hierarchy.total_queries();
+
+    // Same question, different ID and case: served from the packet cache, no upstream query.
+    let mut shouted = query(8, "www.example.test.", RecordType::A, Some(1232));
+    shouted[13..16].copy_from_slice(b"WWW");
+    let raw = udp_exchange(fixture.udp(), &shouted).await;
+    assert_eq!(
+        &raw[12..17],
+        b"\x03WWW\x07",
+        "the client's spelling is echoed"
+    );
+    let second = Message::from_vec(&raw).unwrap();
+    assert_eq!(second.metadata.id, 8);
+    assert_eq!(a_addresses(&second), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert!(second.edns.is_some(), "an EDNS query gets an OPT back");
+    let stats = fixture.server.stats();
+    assert_eq!(stats.cache_hits, 1);
+    assert_eq!(stats.cache_misses, 1);
+    assert_eq!(fixture.hierarchy.total_queries(), upstream_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_pipelined_queries_over_tcp() {
+    let fixture = Fixture::start().await;
+    let answers = tcp_ask(
+        fixture.tcp(),
+        &[
+            query(1, "www.example.test.", RecordType::A, None),
+            query(2, "www2.example.test.", RecordType::A, None),
+            query(3, "nope.example.test.", RecordType::A, None),
+        ],
+    )
+    .await;
+    let mut by_id: Vec<_> = answers.iter().map(|answer| answer.metadata.id).collect();
+    by_id.sort_unstable();
+    assert_eq!(by_id, [1, 2, 3]);
+    for answer in &answers {
+        match answer.metadata.id {
+            1 => assert_eq!(a_addresses(answer), [Ipv4Addr::new(192, 0, 2, 1)]),
+            2 => assert_eq!(a_addresses(answer), [Ipv4Addr::new(192, 0, 2, 2)]),
+            _ => assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unsupported_queries_get_formerr_and_notimp() {
+    let fixture = Fixture::start().await;
+    // A header announcing a question that is not there.
+    let garbage = [0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x3F, b'x'];
+    let reply = udp_ask(fixture.udp(), &garbage).await;
+    assert_eq!(reply.metadata.id, 0xABCD);
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+
+    let mut status = query(9, "www.example.test.", RecordType::A, None);
+    status[2] |= 2 << 3; // opcode STATUS
+    let reply = udp_ask(fixture.udp(), &status).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+
+    let mut badvers = query(10, "www.example.test.", RecordType::A, Some(1232));
+    let version_at = badvers.len() - 5; // OPT TTL: ext-rcode, version, flags
+    badvers[version_at] = 1;
+    let reply = udp_ask(fixture.udp(), &badvers).await;
+    assert_eq!(reply.metadata.id, 10);
+    // Extended rcode 16 (BADVERS; hickory names the shared value BADSIG).
+    assert_eq!(u16::from(reply.metadata.response_code), 16);
+
+    let stats = fixture.server.stats();
+    assert_eq!((stats.formerr, stats.notimp, stats.badvers), (1, 1, 1));
+    assert_eq!(stats.resolutions, 0, "nothing malformed reached the engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_are_truncated_for_small_client_buffers() {
+    let fixture = Fixture::start().await;
+    let small = udp_ask(
+        fixture.udp(),
+        &query(1, "big.example.test.", RecordType::TXT, None),
+    )
+    .await;
+    assert!(
+        small.metadata.truncation,
+        "over 512 bytes without EDNS sets TC"
+    );
+    assert!(small.answers.is_empty());
+    assert_eq!(small.queries.len(), 1);
+
+    // Now cached: the hit path truncates too, and a large EDNS buffer or TCP gets it all.
+    let again = udp_ask(
+        fixture.udp(),
+        &query(2, "big.example.test.", RecordType::TXT, None),
+    )
+    .await;
+    assert!(again.metadata.truncation);
+    let large = udp_ask(
+        fixture.udp(),
+        &query(3, "big.example.test.", RecordType::TXT, Some(1232)),
+    )
+    .await;
+    assert!(!large.metadata.truncation);
+    assert_eq!(large.answers.len(), 6);
+    let over_tcp = tcp_ask(
+        fixture.tcp(),
+        &[query(4, "big.example.test.", RecordType::TXT, None)],
+    )
+    .await;
+    assert_eq!(over_tcp[0].answers.len(), 6);
+    assert!(fixture.server.stats().truncated >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_the_acl_are_refused() {
+    let fixture = Fixture::with(|config| {
+        config.allow = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    let reply = udp_ask(
+        fixture.udp(),
+        &query(5, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    assert!(reply.answers.is_empty());
+    assert_eq!(
+        fixture.hierarchy.total_queries(),
+        0,
+        "refused queries go nowhere"
+    );
+    assert_eq!(fixture.server.stats().refused, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_questions_share_one_resolution() {
+    let fixture = Fixture::start().await;
+    // Slow leaf: every client's query arrives while the first resolution is still running.
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            delay: Some(Duration::from_millis(150)),
+            ..Behaviour::default()
+        });
+    const CLIENTS: u16 = 20;
+    let server = fixture.udp();
+    let asks: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(async move {
+                udp_ask(
+                    server,
+                    &query(id, "slow.example.test.", RecordType::A, None),
+                )
+                .await
+            })
+        })
+        .collect();
+    for ask in asks {
+        let answer = ask.await.unwrap();
+        assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 3)]);
+    }
+    assert_eq!(fixture.leaf_queries_for("slow.example.test."), 1);
+    let stats = fixture.server.stats();
+    assert_eq!(stats.resolutions, 1);
+    assert_eq!(stats.coalesced + stats.cache_hits, u64::from(CLIENTS) - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_past_the_resolution_bound_get_servfail() {
+    let fixture = Fixture::with(|config| {
+        config.max_concurrent_resolutions = 1;
+        config.max_pending_queries = 1;
+    })
+    .await;
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            delay: Some(Duration::from_millis(150)),
+            ..Behaviour::default()
+        });
+    let server = fixture.udp();
+    let first = tokio::spawn(async move {
+        udp_ask(server, &query(1, "slow.example.test.", RecordType::A, None)).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = udp_ask(
+        server,
+        &query(2, "slow2.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
+    let first = first.await.unwrap();
+    assert_eq!(a_addresses(&first), [Ipv4Addr::new(192, 0, 2, 3)]);
+    assert!(fixture.server.stats().overloaded >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_answering_after_a_flood_of_garbage_and_queries() {
+    let fixture = Fixture::start().await;
+    let server = fixture.udp();
+    // Warm the cache so valid flood queries are hits.
+    udp_ask(server, &query(1, "www.example.test.", RecordType::A, None)).await;
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 400;
+    let floods: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let mut state = 0x9E37_79B9_u32.wrapping_mul(sender as u32 + 1);
+                let valid = query(2, "www.example.test.", RecordType::A, None);
+                for round in 0..PER_SENDER {
+                    if round % 2 == 0 {
+                        let length = (state % 80) as usize;
+                        let garbage: Vec<u8> = (0..length)
+                            .map(|_| {
+                                state ^= state << 13;
+                                state ^= state >> 17;
+                                state ^= state << 5;
+                                state as u8
+                            })
+                            .collect();
+                        let _ = socket.send_to(&garbage, server).await;
+                    } else {
+                        let _ = socket.send_to(&valid, server).await;
+                    }
+                    // Drain what has arrived so the client's own buffer does not fill.
+                    let mut buffer = [0u8; 4096];
+                    while socket.try_recv_from(&mut buffer).is_ok() {}
+                }
+            })
+        })
+        .collect();
+    for flood in floods {
+        flood.await.unwrap();
+    }
+    let after = udp_ask(server, &query(3, "www2.example.test.", RecordType::A, None)).await;
+    assert_eq!(a_addresses(&after), [Ipv4Addr::new(192, 0, 2, 2)]);
+    let stats = fixture.server.stats();
+    assert!(stats.queries > (SENDERS * PER_SENDER / 2) as u64);
+    assert!(stats.cache_hits > 0);
+    assert!(stats.formerr + stats.dropped > 0);
+    // Garbage never reaches the cache: it holds only the two real answers.
+    assert!(fixture.server.packet_cache_len() <= 2);
+    let tcp_after = tcp_ask(
+        fixture.tcp(),
+        &[query(4, "www.example.test.", RecordType::A, None)],
+    )
+    .await;
+    assert_eq!(a_addresses(&tcp_after[0]), [Ipv4Addr::new(192, 0, 2, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tcp_frame_closes_only_that_connection() {
+    let fixture = Fixture::start().await;
+    let mut bad = TcpStream::connect(fixture.tcp()).await.unwrap();
+    bad.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(TIMEOUT, bad.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection is closed");
+    let good = tcp_ask(
+        fixture.tcp(),
+        &[query(1, "www.example.test.", RecordType::A, None)],
+    )
+    .await;
+    assert_eq!(a_addresses(&good[0]), [Ipv4Addr::new(192, 0, 2, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_and_stops_answering() {
+    let fixture = Fixture::start().await;
+    let server = fixture.udp();
+    udp_ask(server, &query(1, "www.example.test.", RecordType::A, None)).await;
+    let Fixture {
+        hierarchy,
+        server: dns,
+    } = fixture;
+    assert!(dns.shutdown(Duration::from_secs(2)).await);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&query(2, "www.example.test.", RecordType::A, None), server)
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    let reply =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer)).await;
+    assert!(!matches!(reply, Ok(Ok(_))), "no answer after shutdown");
+    drop(hierarchy);
+}
