@@ -478,3 +478,31 @@ async fn shutdown_drains_and_stops_answering() {
     assert!(!matches!(reply, Ok(Ok(_))), "no answer after shutdown");
     drop(hierarchy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_use_names_are_answered_locally() {
+    let fixture = Fixture::start().await;
+    let localhost = udp_ask(fixture.udp(), &query(1, "localhost.", RecordType::A, None)).await;
+    assert_eq!(a_addresses(&localhost), [Ipv4Addr::LOCALHOST]);
+    assert_eq!(localhost.metadata.id, 1);
+    let invalid = udp_ask(
+        fixture.udp(),
+        &query(2, "www.invalid.", RecordType::A, Some(1232)),
+    )
+    .await;
+    assert_eq!(invalid.metadata.response_code, ResponseCode::NXDomain);
+    assert!(invalid.edns.is_some());
+    let private = udp_ask(
+        fixture.udp(),
+        &query(3, "4.3.2.10.in-addr.arpa.", RecordType::PTR, None),
+    )
+    .await;
+    assert_eq!(private.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        fixture.hierarchy.total_queries(),
+        0,
+        "nothing went upstream"
+    );
+    let stats = fixture.server.stats();
+    assert_eq!((stats.local_answers, stats.resolutions), (3, 0));
+}

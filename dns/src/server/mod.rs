@@ -8,6 +8,7 @@
 
 mod config;
 mod respond;
+mod special_use;
 mod stats;
 
 use std::{
@@ -310,8 +311,20 @@ impl Core {
             }
             return Fast::Reply;
         }
+        let client_query = ClientQuery::from_parsed(&query);
+        if let Some((name, record_type)) = respond::question(&client_query)
+            && let Some(local) = special_use::answer(&name, record_type)
+        {
+            Counters::bump(&counters.local_answers);
+            personalise(&local, &client_query, out);
+            let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+            if finish(out, client_query.qname.len(), dnssec_ok, max_len) {
+                Counters::bump(&counters.truncated);
+            }
+            return Fast::Reply;
+        }
         Counters::bump(&counters.cache_misses);
-        Fast::Miss(ClientQuery::from_parsed(&query), max_len)
+        Fast::Miss(client_query, max_len)
     }
 
     /// A miss: wait for (or start) the resolution of this question, then personalise it.

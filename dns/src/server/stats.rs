@@ -7,6 +7,7 @@ pub(crate) struct Counters {
     pub(crate) queries: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
+    pub(crate) local_answers: AtomicU64,
     pub(crate) resolutions: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) overloaded: AtomicU64,
@@ -30,6 +31,8 @@ pub struct ServerStatsSnapshot {
     pub cache_hits: u64,
     /// Not in the packet cache: handed to the engine.
     pub cache_misses: u64,
+    /// Special-use names (localhost, invalid, private reverse zones) answered locally.
+    pub local_answers: u64,
     /// Resolutions the engine ran (one per coalesced group).
     pub resolutions: u64,
     /// Misses that joined a resolution already running for the same question.
@@ -65,6 +68,7 @@ impl Counters {
             queries: read(&self.queries),
             cache_hits: read(&self.cache_hits),
             cache_misses: read(&self.cache_misses),
+            local_answers: read(&self.local_answers),
             resolutions: read(&self.resolutions),
             coalesced: read(&self.coalesced),
             overloaded: read(&self.overloaded),
