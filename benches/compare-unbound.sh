@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `edgekit dns serve` against Unbound, both recursive, both in front of the same NSD hierarchy.
 #
-# NSD (Debian) serves a root, a TLD `bench.` and a leaf zone `zone.bench.` (1000 hosts) on
-# 127.0.54.1-3:53. Unbound (127.0.54.10:53) and edgekit (127.0.54.11:53) start with the same root
+# Three NSD instances (Debian) serve a root, a TLD `bench.` and a leaf zone `zone.bench.` (1000
+# hosts) on 127.0.54.1-3:53. Unbound (127.0.54.10:53) and edgekit (127.0.54.11:53) start with the same root
 # hints and THREADS threads each. Then, per server:
 #   cold:   the query file (distinct names) once, from a fresh process: wall time and the upstream
 #           queries NSD counted (nsd-control stats_noreset num.queries);
@@ -80,36 +80,38 @@ ZONE
         echo "host$i IN A 192.0.2.$((i % 250 + 1))"
     done
 } >"$work/leaf.zone"
-cat >"$work/nsd.conf" <<CONF
+# One NSD per authoritative server, each on its own address with only its own zone, so the
+# resolvers see real referrals (one NSD serving every zone on every address would answer all
+# of them authoritatively from the root address).
+start_nsd() { # label ip zone-name zone-file
+    local dir="$work/nsd-$1"
+    mkdir -p "$dir"
+    cp "$work/$4" "$dir/"
+    cat >"$dir/nsd.conf" <<CONF
 server:
-  ip-address: $NET.1
-  ip-address: $NET.2
-  ip-address: $NET.3
+  ip-address: $2
   port: 53
   username: ""
   chroot: ""
-  zonesdir: "$work"
-  zonelistfile: "$work/zone.list"
+  zonesdir: "$dir"
+  zonelistfile: "$dir/zone.list"
   database: ""
-  pidfile: "$work/nsd.pid"
-  xfrdfile: "$work/xfrd.state"
-  xfrdir: "$work"
-  logfile: "$work/nsd.log"
+  pidfile: "$dir/nsd.pid"
+  xfrdfile: "$dir/xfrd.state"
+  xfrdir: "$dir"
+  logfile: "$dir/nsd.log"
   server-count: 1
   do-ip6: no
 remote-control:
   control-enable: yes
-  control-interface: "$work/nsd.sock"
+  control-interface: "$dir/nsd.sock"
 zone:
-  name: "."
-  zonefile: "root.zone"
-zone:
-  name: "bench."
-  zonefile: "bench.zone"
-zone:
-  name: "zone.bench."
-  zonefile: "leaf.zone"
+  name: "$3"
+  zonefile: "$4"
 CONF
+    "$NSD" -d -c "$dir/nsd.conf" >/dev/null 2>&1 &
+    pids+=($!)
+}
 printf '.  3600000 NS ns.root.\nns.root. 3600000 A %s\n' "$NET.1" >"$work/root.hints"
 
 # 1000 existing names, plus NODATA (AAAA) and NXDOMAIN questions: a resolver's hot set.
@@ -120,9 +122,18 @@ for i in $(seq 1 1000); do
 done >"$work/queries.txt"
 total_queries=$(wc -l <"$work/queries.txt")
 
-"$NSD" -d -c "$work/nsd.conf" >/dev/null 2>&1 &
-pids+=($!)
-upstream() { "$NSD_CONTROL" -c "$work/nsd.conf" stats_noreset | sed -n 's/^num.queries=//p'; }
+start_nsd root "$NET.1" . root.zone
+start_nsd tld "$NET.2" bench. bench.zone
+start_nsd leaf "$NET.3" zone.bench. leaf.zone
+# Queries all three have answered so far.
+upstream() {
+    local total=0 label count
+    for label in root tld leaf; do
+        count=$("$NSD_CONTROL" -c "$work/nsd-$label/nsd.conf" stats_noreset | sed -n 's/^num.queries=//p')
+        total=$((total + count))
+    done
+    echo "$total"
+}
 for _ in $(seq 1 50); do upstream >/dev/null 2>&1 && break; sleep 0.2; done
 
 cat >"$work/unbound.conf" <<CONF

@@ -506,3 +506,40 @@ async fn special_use_names_are_answered_locally() {
     let stats = fixture.server.stats();
     assert_eq!((stats.local_answers, stats.resolutions), (3, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_closed() {
+    let fixture = Fixture::with(|config| config.tcp_idle_timeout_ms = 200).await;
+    let mut idle = TcpStream::connect(fixture.tcp()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(TIMEOUT, idle.read(&mut byte))
+        .await
+        .expect("the server closes an idle connection well before the test timeout");
+    assert!(matches!(read, Ok(0) | Err(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_past_the_bound_are_closed_on_accept() {
+    let fixture = Fixture::with(|config| config.max_tcp_connections = 1).await;
+    let mut held = TcpStream::connect(fixture.tcp()).await.unwrap();
+    // Prove the first connection is being served before opening the second.
+    let mut frame = query(1, "localhost.", RecordType::A, None);
+    frame.splice(0..0, u16::try_from(frame.len()).unwrap().to_be_bytes());
+    held.write_all(&frame).await.unwrap();
+    let mut length = [0u8; 2];
+    tokio::time::timeout(TIMEOUT, held.read_exact(&mut length))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut second = TcpStream::connect(fixture.tcp()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(TIMEOUT, second.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the second connection is closed"
+    );
+    assert_eq!(fixture.server.stats().tcp_rejected, 1);
+    drop(held);
+}
