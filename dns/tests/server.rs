@@ -543,3 +543,52 @@ async fn tcp_connections_past_the_bound_are_closed_on_accept() {
     assert_eq!(fixture.server.stats().tcp_rejected, 1);
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_queries_hits_rcodes_and_resolution_time() {
+    let fixture = Fixture::with(|config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    udp_ask(
+        fixture.udp(),
+        &query(1, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    udp_ask(
+        fixture.udp(),
+        &query(2, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    udp_ask(
+        fixture.udp(),
+        &query(3, "nope.example.test.", RecordType::A, None),
+    )
+    .await;
+    let upstream = fixture.server.resolver().stats().upstream_queries;
+
+    let address = fixture.server.metrics_address().expect("metrics are on");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: edgekit\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    for line in [
+        "edgekit_dns_queries_total 3".to_string(),
+        "edgekit_dns_cache_hits_total 1".to_string(),
+        "edgekit_dns_cache_misses_total 2".to_string(),
+        "edgekit_dns_replies_total{rcode=\"NOERROR\"} 2".to_string(),
+        "edgekit_dns_replies_total{rcode=\"NXDOMAIN\"} 1".to_string(),
+        "edgekit_dns_resolution_seconds_count 2".to_string(),
+        format!("edgekit_dns_upstream_queries_total {upstream}"),
+    ] {
+        assert!(response.contains(&line), "missing {line:?} in:\n{response}");
+    }
+    assert!(upstream >= 3);
+}

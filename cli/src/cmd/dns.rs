@@ -87,6 +87,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         for address in server.tcp_addresses() {
             eprintln!("listening on {address} (tcp)");
         }
+        if let Some(address) = server.metrics_address() {
+            eprintln!("metrics on http://{address}/metrics");
+        }
         wait_for_stop_signal().await?;
         tracing::info!("stopping: draining answers in flight");
         if !server.shutdown(DRAIN_GRACE).await {

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_udp_payload: u16,
     /// Bytes the wire-format answer cache may hold.
     pub packet_cache_bytes: usize,
+    /// Where to serve `GET /metrics` (Prometheus text format); off when unset. Not subject to
+    /// `allow`: bind it to an admin-only address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             tcp_idle_timeout_ms: 10_000,
             max_udp_payload: 1232,
             packet_cache_bytes: 64 << 20,
+            metrics_listen: None,
         }
     }
 }

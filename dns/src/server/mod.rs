@@ -73,6 +73,7 @@ pub struct DnsServer {
     core: Arc<Core>,
     udp_addresses: Vec<SocketAddr>,
     tcp_addresses: Vec<SocketAddr>,
+    metrics_address: Option<SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     in_flight: Arc<()>,
@@ -89,11 +90,14 @@ impl DnsServer {
         })?;
         let resolution_timeout =
             Duration::from_millis(resolver.config().resolution_timeout_ms) + Duration::from_secs(1);
+        let counters = Counters::new();
+        let registry = counters.registry();
         let core = Arc::new(Core {
             resolver,
             cache,
             acl: config.effective_acl(),
-            counters: Counters::default(),
+            counters,
+            registry,
             inflight: Mutex::new(HashMap::new()),
             resolutions: Arc::new(Semaphore::new(config.max_concurrent_resolutions)),
             pending: AtomicUsize::new(0),
@@ -109,6 +113,7 @@ impl DnsServer {
             core,
             udp_addresses: Vec::new(),
             tcp_addresses: Vec::new(),
+            metrics_address: None,
             listeners: Vec::new(),
             shutdown,
             in_flight,
@@ -159,7 +164,27 @@ impl DnsServer {
             server.tcp_addresses.push(bound);
             tracing::info!(%bound, "serving DNS over UDP and TCP");
         }
+        if let Some(address) = config.metrics_listen {
+            let listener = bind_tcp(address)
+                .and_then(TcpListener::from_std)
+                .map_err(bind_error(address, "tcp"))?;
+            server.metrics_address =
+                Some(listener.local_addr().map_err(bind_error(address, "tcp"))?);
+            let router = axum::Router::new()
+                .route("/metrics", axum::routing::get(serve_metrics))
+                .with_state(server.core.clone());
+            server.listeners.push(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::warn!(%error, "the metrics endpoint stopped");
+                }
+            }));
+        }
         Ok(server)
+    }
+
+    /// Where `GET /metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
     }
 
     /// The bound UDP address of each listen address (ports resolved when 0 was asked for).
@@ -214,6 +239,25 @@ impl Drop for DnsServer {
     }
 }
 
+/// Prometheus text exposition of the counters and the resolution latency histogram.
+async fn serve_metrics(
+    axum::extract::State(core): axum::extract::State<Arc<Core>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &core.registry) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 /// What the fast path decided.
 enum Fast {
     /// `out` holds the reply.
@@ -233,6 +277,7 @@ struct Core {
     cache: PacketCache,
     acl: Vec<Network>,
     counters: Counters,
+    registry: prometheus_client::registry::Registry,
     /// Resolutions running, by question; late askers wait on the same channel.
     inflight: Mutex<HashMap<Vec<u8>, TemplateReceiver>>,
     resolutions: Arc<Semaphore>,
@@ -391,13 +436,22 @@ impl Core {
             return servfail_template(query).into();
         };
         Counters::bump(&self.counters.resolutions);
+        let started = Instant::now();
         let outcome = tokio::time::timeout(
             self.resolution_timeout,
             self.resolver.resolve(&name, record_type),
         )
         .await;
+        self.counters
+            .resolution_seconds
+            .observe(started.elapsed().as_secs_f64());
         let resolution = match outcome {
-            Ok(Ok(resolution)) => resolution,
+            Ok(Ok(resolution)) => {
+                self.counters
+                    .upstream_queries
+                    .inc_by(u64::from(resolution.upstream_queries));
+                resolution
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%name, %record_type, %error, "resolution failed");
                 return servfail_template(query).into();
@@ -512,6 +566,7 @@ async fn udp_loop(core: Arc<Core>, socket: Arc<UdpSocket>, in_flight: Arc<()>) {
         };
         match core.answer_fast(&packet[..length], peer.ip(), true, &mut out) {
             Fast::Reply => {
+                core.counters.count_reply(&out);
                 if !out.is_empty()
                     && let Err(error) = socket.send_to(&out, peer).await
                 {
@@ -523,6 +578,7 @@ async fn udp_loop(core: Arc<Core>, socket: Arc<UdpSocket>, in_flight: Arc<()>) {
                 let (core, socket, guard) = (core.clone(), socket.clone(), in_flight.clone());
                 tokio::spawn(async move {
                     let reply = core.answer_miss(query, max_len).await;
+                    core.counters.count_reply(&reply);
                     if let Err(error) = socket.send_to(&reply, peer).await {
                         tracing::debug!(%peer, %error, "UDP send failed");
                     }
@@ -609,6 +665,7 @@ async fn serve_tcp(
         }
         match core.answer_fast(&packet, peer.ip(), false, &mut out) {
             Fast::Reply => {
+                core.counters.count_reply(&out);
                 if !out.is_empty() && replies.send(out.clone()).await.is_err() {
                     break;
                 }
@@ -618,6 +675,7 @@ async fn serve_tcp(
                 let (core, replies, guard) = (core.clone(), replies.clone(), in_flight.clone());
                 tokio::spawn(async move {
                     let reply = core.answer_miss(query, max_len).await;
+                    core.counters.count_reply(&reply);
                     let _ = replies.send(reply).await;
                     drop(guard);
                 });

@@ -1,24 +1,42 @@
-//! The server's counters: plain relaxed atomics, read as a snapshot.
+//! The server's counters (prometheus-client counters: relaxed atomics), read as a snapshot or
+//! scraped from `GET /metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
 
-#[derive(Debug, Default)]
+/// Replies by rcode, labelled with the mnemonic.
+type RcodeFamily = Family<Vec<(String, String)>, Counter>;
+
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) queries: AtomicU64,
-    pub(crate) cache_hits: AtomicU64,
-    pub(crate) cache_misses: AtomicU64,
-    pub(crate) local_answers: AtomicU64,
-    pub(crate) resolutions: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) overloaded: AtomicU64,
-    pub(crate) servfail: AtomicU64,
-    pub(crate) formerr: AtomicU64,
-    pub(crate) notimp: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) badvers: AtomicU64,
-    pub(crate) truncated: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) tcp_rejected: AtomicU64,
+    pub(crate) queries: Counter,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_misses: Counter,
+    pub(crate) local_answers: Counter,
+    pub(crate) resolutions: Counter,
+    pub(crate) coalesced: Counter,
+    pub(crate) overloaded: Counter,
+    pub(crate) servfail: Counter,
+    pub(crate) formerr: Counter,
+    pub(crate) notimp: Counter,
+    pub(crate) refused: Counter,
+    pub(crate) badvers: Counter,
+    pub(crate) truncated: Counter,
+    pub(crate) dropped: Counter,
+    pub(crate) tcp_rejected: Counter,
+    /// Upstream queries sent by the server's resolutions.
+    pub(crate) upstream_queries: Counter,
+    /// Replies sent, indexed by the header's 4-bit rcode.
+    pub(crate) rcodes: [Counter; 16],
+    rcode_family: RcodeFamily,
+    /// How long resolutions (misses) took.
+    pub(crate) resolution_seconds: Histogram,
 }
 
 /// The server's counters at one moment.
@@ -58,12 +76,128 @@ pub struct ServerStatsSnapshot {
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn new() -> Self {
+        let rcode_family = RcodeFamily::default();
+        let rcodes = std::array::from_fn(|code| {
+            let low = u8::try_from(code).unwrap_or(0);
+            let name = crate::trace::rcode_mnemonic(hickory_proto::op::ResponseCode::from_low(low));
+            rcode_family
+                .get_or_create(&vec![("rcode".to_string(), name)])
+                .clone()
+        });
+        Self {
+            queries: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            local_answers: Counter::default(),
+            resolutions: Counter::default(),
+            coalesced: Counter::default(),
+            overloaded: Counter::default(),
+            servfail: Counter::default(),
+            formerr: Counter::default(),
+            notimp: Counter::default(),
+            refused: Counter::default(),
+            badvers: Counter::default(),
+            truncated: Counter::default(),
+            dropped: Counter::default(),
+            tcp_rejected: Counter::default(),
+            upstream_queries: Counter::default(),
+            rcodes,
+            rcode_family,
+            resolution_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+        }
+    }
+
+    /// Every counter, under `edgekit_dns_`.
+    pub(crate) fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("edgekit_dns");
+        let counters: [(&str, &str, &Counter); 16] = [
+            (
+                "queries",
+                "Messages received (UDP datagrams and TCP frames)",
+                &self.queries,
+            ),
+            (
+                "cache_hits",
+                "Queries answered from the packet cache",
+                &self.cache_hits,
+            ),
+            (
+                "cache_misses",
+                "Queries handed to the resolver engine",
+                &self.cache_misses,
+            ),
+            (
+                "local_answers",
+                "Special-use names answered locally",
+                &self.local_answers,
+            ),
+            (
+                "resolutions",
+                "Resolutions the engine ran",
+                &self.resolutions,
+            ),
+            (
+                "coalesced",
+                "Misses that joined a running resolution",
+                &self.coalesced,
+            ),
+            (
+                "overloaded",
+                "Misses refused with SERVFAIL by the bounds",
+                &self.overloaded,
+            ),
+            (
+                "servfail",
+                "SERVFAIL answers after resolution",
+                &self.servfail,
+            ),
+            ("formerr", "FORMERR replies", &self.formerr),
+            ("notimp", "NOTIMP replies", &self.notimp),
+            ("refused", "REFUSED replies", &self.refused),
+            ("badvers", "BADVERS replies", &self.badvers),
+            ("truncated", "Answers truncated with TC", &self.truncated),
+            ("dropped", "Messages not answered", &self.dropped),
+            (
+                "tcp_rejected",
+                "TCP connections closed by the bound",
+                &self.tcp_rejected,
+            ),
+            (
+                "upstream_queries",
+                "Queries sent to authoritative servers",
+                &self.upstream_queries,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "replies",
+            "Replies sent, by rcode",
+            self.rcode_family.clone(),
+        );
+        registry.register(
+            "resolution_seconds",
+            "Time to resolve a miss",
+            self.resolution_seconds.clone(),
+        );
+        registry
+    }
+
+    pub(crate) fn bump(counter: &Counter) {
+        counter.inc();
+    }
+
+    /// Count a reply by its rcode.
+    pub(crate) fn count_reply(&self, reply: &[u8]) {
+        if let Some(byte) = reply.get(3) {
+            self.rcodes[usize::from(byte & 0x0F)].inc();
+        }
     }
 
     pub(crate) fn snapshot(&self) -> ServerStatsSnapshot {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let read = |counter: &Counter| counter.get();
         ServerStatsSnapshot {
             queries: read(&self.queries),
             cache_hits: read(&self.cache_hits),
