@@ -685,3 +685,61 @@ async fn serve_tcp(
     drop(replies);
     let _ = writer_task.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::ResolverConfig;
+
+    fn core() -> Core {
+        let counters = Counters::new();
+        let registry = counters.registry();
+        Core {
+            resolver: Resolver::new(ResolverConfig::default()).unwrap(),
+            cache: PacketCache::new(PacketCacheConfig::default()).unwrap(),
+            acl: ServerConfig::default().effective_acl(),
+            counters,
+            registry,
+            inflight: Mutex::new(HashMap::new()),
+            resolutions: Arc::new(Semaphore::new(1)),
+            pending: AtomicUsize::new(0),
+            max_pending: 1,
+            max_udp_payload: 1232,
+            resolution_timeout: Duration::from_secs(1),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_get_a_well_formed_reply_or_none(
+            packet in proptest::collection::vec(any::<u8>(), 0..300),
+            header in proptest::collection::vec(any::<u8>(), 12),
+            udp in any::<bool>(),
+        ) {
+            let core = core();
+            let mut out = Vec::new();
+            // Random bytes, and random bytes behind a plausible query header.
+            let mut plausible = header;
+            plausible[2] &= 0x07; // a QUERY
+            plausible[4..6].copy_from_slice(&[0, 1]); // one question
+            plausible.extend_from_slice(&packet);
+            for bytes in [&packet, &plausible] {
+                match core.answer_fast(bytes, IpAddr::from([127, 0, 0, 1]), udp, &mut out) {
+                    Fast::Reply => {
+                        prop_assert!(out.len() >= HEADER_LEN);
+                        prop_assert_eq!(&out[..2], &bytes[..2]);
+                        prop_assert!(out[2] & 0x80 != 0, "replies are responses");
+                        prop_assert!(crate::wire::parse_message(&out).is_ok());
+                    }
+                    Fast::Drop => prop_assert!(bytes.len() < HEADER_LEN || bytes[2] & 0x80 != 0),
+                    Fast::Miss(query, max_len) => {
+                        prop_assert!(max_len >= 512);
+                        prop_assert!(respond::question(&query).is_some());
+                    }
+                }
+            }
+        }
+    }
+}
