@@ -456,6 +456,8 @@ struct Entry {
     /// (byte offset of a TTL, that record's absolute expiry in ms).
     ttls: Box<[(u32, u64)]>,
     expires_at: u64,
+    /// When it was stored (ms), so a hit can tell how much of its lifetime is left.
+    inserted_at: u64,
     /// Tells this entry from an earlier one under the same key in the eviction queue.
     generation: u64,
 }
@@ -592,6 +594,16 @@ impl<C: MillisClock> PacketCache<C> {
     /// Serve `query` from the cache into `out` (cleared first). Returns false on a miss or when
     /// the entry has expired, leaving `out` empty.
     pub fn answer_into(&self, query: &ParsedQuery<'_>, out: &mut Vec<u8>) -> bool {
+        self.answer_into_with_lifetime(query, out).is_some()
+    }
+
+    /// Like [`PacketCache::answer_into`], but a hit also says what percentage of the entry's
+    /// lifetime is left (0 to 100), for prefetching answers about to expire.
+    pub fn answer_into_with_lifetime(
+        &self,
+        query: &ParsedQuery<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<u8> {
         out.clear();
         let mut key = [0u8; MAX_KEY_LEN];
         let key_len = query.key_into(&mut key);
@@ -613,9 +625,9 @@ impl<C: MillisClock> PacketCache<C> {
                     {
                         guard.remove(hash);
                     }
-                    return false;
+                    return None;
                 }
-                _ => return false,
+                _ => return None,
             }
         };
         out.extend_from_slice(&entry.wire);
@@ -629,7 +641,9 @@ impl<C: MillisClock> PacketCache<C> {
             let offset = offset as usize;
             out[offset..offset + 4].copy_from_slice(&remaining.to_be_bytes());
         }
-        true
+        let lifetime = entry.expires_at.saturating_sub(entry.inserted_at).max(1);
+        let left = entry.expires_at.saturating_sub(now).saturating_mul(100) / lifetime;
+        Some(u8::try_from(left.min(100)).unwrap_or(100))
     }
 
     /// Store `answer` (a complete response in wire format) for `query`.
@@ -680,6 +694,7 @@ impl<C: MillisClock> PacketCache<C> {
                 .map(|&(offset, ttl)| (offset, now + lifetime(ttl)))
                 .collect(),
             expires_at: now + lifetime(min_ttl),
+            inserted_at: now,
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
         };
         let charge = entry.charge();

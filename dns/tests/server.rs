@@ -46,6 +46,7 @@ www       IN A   192.0.2.1
 www2      IN A   192.0.2.2
 slow      IN A   192.0.2.3
 slow2     IN A   192.0.2.4
+short   2 IN A   192.0.2.20
 big       IN TXT \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"
 big       IN TXT \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"
 big       IN TXT \"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\"
@@ -591,4 +592,33 @@ async fn metrics_count_queries_hits_rcodes_and_resolution_time() {
         assert!(response.contains(&line), "missing {line:?} in:\n{response}");
     }
     assert!(upstream >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_asked_for_close_to_expiry_are_prefetched() {
+    let fixture = Fixture::with(|config| config.prefetch_percent = 60).await;
+    let started = std::time::Instant::now();
+    let short = query(1, "short.example.test.", RecordType::A, None);
+    let server = fixture.udp();
+    let ask = || udp_ask(server, &short);
+    assert_eq!(a_addresses(&ask().await), [Ipv4Addr::new(192, 0, 2, 20)]);
+    assert_eq!(fixture.leaf_queries_for("short.example.test."), 1);
+    // Past 40% of the 2 s lifetime, less than 60% is left: the hit triggers a refresh.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a_addresses(&ask().await), [Ipv4Addr::new(192, 0, 2, 20)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while fixture.leaf_queries_for("short.example.test.") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prefetch reached the leaf"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // After the first answer's 2 s have run out, the refreshed one is still served from cache.
+    tokio::time::sleep(Duration::from_millis(2400).saturating_sub(started.elapsed())).await;
+    assert_eq!(a_addresses(&ask().await), [Ipv4Addr::new(192, 0, 2, 20)]);
+    let stats = fixture.server.stats();
+    assert_eq!(stats.cache_misses, 1, "only the first query missed");
+    assert_eq!(stats.cache_hits, 2);
+    assert!(stats.prefetches >= 1);
 }

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_udp_payload: u16,
     /// Bytes the wire-format answer cache may hold.
     pub packet_cache_bytes: usize,
+    /// A cached answer asked for with less than this percentage of its lifetime left is
+    /// refreshed in the background (prefetch; Unbound uses 10). 0 turns prefetch off.
+    pub prefetch_percent: u8,
     /// Where to serve `GET /metrics` (Prometheus text format); off when unset. Not subject to
     /// `allow`: bind it to an admin-only address.
     pub metrics_listen: Option<SocketAddr>,
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             max_udp_payload: 1232,
             packet_cache_bytes: 64 << 20,
             metrics_listen: None,
+            prefetch_percent: 10,
         }
     }
 }
@@ -117,6 +121,13 @@ impl ServerConfig {
                 "max_udp_payload",
                 self.max_udp_payload.to_string(),
                 "must be at least 512",
+            );
+        }
+        if self.prefetch_percent > 90 {
+            return invalid(
+                "prefetch_percent",
+                self.prefetch_percent.to_string(),
+                "must be 0 (off) to 90",
             );
         }
         if self.packet_cache_bytes < 64 << 10 {

@@ -104,6 +104,7 @@ impl DnsServer {
             max_pending: config.max_pending_queries,
             max_udp_payload: usize::from(config.max_udp_payload),
             resolution_timeout,
+            prefetch_percent: config.prefetch_percent,
         });
         let (shutdown, _) = watch::channel(false);
         let in_flight = Arc::new(());
@@ -285,6 +286,7 @@ struct Core {
     max_pending: usize,
     max_udp_payload: usize,
     resolution_timeout: Duration,
+    prefetch_percent: u8,
 }
 
 impl Core {
@@ -293,7 +295,13 @@ impl Core {
     }
 
     /// Everything that needs no resolution: errors, refusals and packet-cache hits.
-    fn answer_fast(&self, packet: &[u8], client: IpAddr, udp: bool, out: &mut Vec<u8>) -> Fast {
+    fn answer_fast(
+        self: &Arc<Self>,
+        packet: &[u8],
+        client: IpAddr,
+        udp: bool,
+        out: &mut Vec<u8>,
+    ) -> Fast {
         let counters = &self.counters;
         Counters::bump(&counters.queries);
         out.clear();
@@ -348,8 +356,11 @@ impl Core {
         } else {
             usize::from(u16::MAX)
         };
-        if self.cache.answer_into(&query, out) {
+        if let Some(lifetime_left) = self.cache.answer_into_with_lifetime(&query, out) {
             Counters::bump(&counters.cache_hits);
+            if lifetime_left < self.prefetch_percent {
+                self.prefetch(ClientQuery::from_parsed(&query));
+            }
             let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
             if finish(out, query.qname_wire().len(), dnssec_ok, max_len) {
                 Counters::bump(&counters.truncated);
@@ -415,7 +426,7 @@ impl Core {
                 let question = query.clone();
                 // Its own task, so a client that goes away does not cancel it for the others.
                 tokio::spawn(async move {
-                    let template = core.resolve_to_template(&question).await;
+                    let template = core.resolve_to_template(&question, false).await;
                     core.inflight.lock().remove(&key);
                     let _ = sender.send(Some(template));
                     drop(permit);
@@ -431,17 +442,44 @@ impl Core {
         }
     }
 
-    async fn resolve_to_template(&self, query: &ClientQuery) -> Arc<[u8]> {
+    /// Refresh `query`'s answer in the background unless that is already under way or the
+    /// resolution bound is reached (the cached answer keeps being served meanwhile).
+    fn prefetch(self: &Arc<Self>, query: ClientQuery) {
+        let key = query.key();
+        let mut inflight = self.inflight.lock();
+        if inflight.contains_key(&key) {
+            return;
+        }
+        let Ok(permit) = self.resolutions.clone().try_acquire_owned() else {
+            return;
+        };
+        let (sender, receiver) = watch::channel(None);
+        inflight.insert(key.clone(), receiver);
+        drop(inflight);
+        Counters::bump(&self.counters.prefetches);
+        let core = self.clone();
+        tokio::spawn(async move {
+            let template = core.resolve_to_template(&query, true).await;
+            core.inflight.lock().remove(&key);
+            let _ = sender.send(Some(template));
+            drop(permit);
+        });
+    }
+
+    async fn resolve_to_template(&self, query: &ClientQuery, refresh: bool) -> Arc<[u8]> {
         let Some((name, record_type)) = respond::question(query) else {
             return servfail_template(query).into();
         };
         Counters::bump(&self.counters.resolutions);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(
-            self.resolution_timeout,
-            self.resolver.resolve(&name, record_type),
-        )
-        .await;
+        let resolution = async {
+            if refresh {
+                self.resolver.refresh(&name, record_type).await
+            } else {
+                self.resolver.resolve(&name, record_type).await
+            }
+        };
+        let outcome = tokio::time::timeout(self.resolution_timeout, resolution).await;
         self.counters
             .resolution_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -708,6 +746,7 @@ mod tests {
             max_pending: 1,
             max_udp_payload: 1232,
             resolution_timeout: Duration::from_secs(1),
+            prefetch_percent: 10,
         }
     }
 
@@ -718,7 +757,7 @@ mod tests {
             header in proptest::collection::vec(any::<u8>(), 12),
             udp in any::<bool>(),
         ) {
-            let core = core();
+            let core = Arc::new(core());
             let mut out = Vec::new();
             // Random bytes, and random bytes behind a plausible query header.
             let mut plausible = header;

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub(crate) cache_hits: Counter,
     pub(crate) cache_misses: Counter,
     pub(crate) local_answers: Counter,
+    pub(crate) prefetches: Counter,
     pub(crate) resolutions: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) overloaded: Counter,
@@ -51,6 +52,8 @@ pub struct ServerStatsSnapshot {
     pub cache_misses: u64,
     /// Special-use names (localhost, invalid, private reverse zones) answered locally.
     pub local_answers: u64,
+    /// Refreshes started because a cached answer was asked for close to its expiry.
+    pub prefetches: u64,
     /// Resolutions the engine ran (one per coalesced group).
     pub resolutions: u64,
     /// Misses that joined a resolution already running for the same question.
@@ -90,6 +93,7 @@ impl Counters {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             local_answers: Counter::default(),
+            prefetches: Counter::default(),
             resolutions: Counter::default(),
             coalesced: Counter::default(),
             overloaded: Counter::default(),
@@ -111,7 +115,7 @@ impl Counters {
     /// Every counter, under `edgekit_dns_`.
     pub(crate) fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("edgekit_dns");
-        let counters: [(&str, &str, &Counter); 16] = [
+        let counters: [(&str, &str, &Counter); 17] = [
             (
                 "queries",
                 "Messages received (UDP datagrams and TCP frames)",
@@ -131,6 +135,11 @@ impl Counters {
                 "local_answers",
                 "Special-use names answered locally",
                 &self.local_answers,
+            ),
+            (
+                "prefetches",
+                "Refreshes of answers asked for close to expiry",
+                &self.prefetches,
             ),
             (
                 "resolutions",
@@ -203,6 +212,7 @@ impl Counters {
             cache_hits: read(&self.cache_hits),
             cache_misses: read(&self.cache_misses),
             local_answers: read(&self.local_answers),
+            prefetches: read(&self.prefetches),
             resolutions: read(&self.resolutions),
             coalesced: read(&self.coalesced),
             overloaded: read(&self.overloaded),
