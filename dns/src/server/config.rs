@@ -49,6 +49,12 @@ pub struct ServerConfig {
     /// A cached answer asked for with less than this percentage of its lifetime left is
     /// refreshed in the background (prefetch; Unbound uses 10). 0 turns prefetch off.
     pub prefetch_percent: u8,
+    /// Serve-stale (RFC 8767): for how long after expiry an answer may still be served when
+    /// resolving it again fails or is slow. 0 (the default, as Unbound's) turns it off.
+    pub serve_stale_max_seconds: u32,
+    /// With serve-stale on, how long a client waits for a fresh answer before it gets a stale
+    /// one (RFC 8767 suggests 1.8 s).
+    pub stale_client_timeout_ms: u64,
     /// Where to serve `GET /metrics` (Prometheus text format); off when unset. Not subject to
     /// `allow`: bind it to an admin-only address.
     pub metrics_listen: Option<SocketAddr>,
@@ -68,6 +74,8 @@ impl Default for ServerConfig {
             packet_cache_bytes: 64 << 20,
             metrics_listen: None,
             prefetch_percent: 10,
+            serve_stale_max_seconds: 0,
+            stale_client_timeout_ms: 1800,
         }
     }
 }
@@ -121,6 +129,20 @@ impl ServerConfig {
                 "max_udp_payload",
                 self.max_udp_payload.to_string(),
                 "must be at least 512",
+            );
+        }
+        if self.serve_stale_max_seconds > 7 * 86_400 {
+            return invalid(
+                "serve_stale_max_seconds",
+                self.serve_stale_max_seconds.to_string(),
+                "must be at most 604800 (7 days)",
+            );
+        }
+        if !(50..=30_000).contains(&self.stale_client_timeout_ms) {
+            return invalid(
+                "stale_client_timeout_ms",
+                self.stale_client_timeout_ms.to_string(),
+                "must be 50 to 30000",
             );
         }
         if self.prefetch_percent > 90 {

@@ -86,6 +86,7 @@ impl DnsServer {
         config.validate()?;
         let cache = PacketCache::new(PacketCacheConfig {
             max_bytes: config.packet_cache_bytes,
+            keep_expired: Duration::from_secs(u64::from(config.serve_stale_max_seconds)),
             ..PacketCacheConfig::default()
         })?;
         let resolution_timeout =
@@ -105,6 +106,8 @@ impl DnsServer {
             max_udp_payload: usize::from(config.max_udp_payload),
             resolution_timeout,
             prefetch_percent: config.prefetch_percent,
+            stale_client_timeout: (config.serve_stale_max_seconds > 0)
+                .then(|| Duration::from_millis(config.stale_client_timeout_ms)),
         });
         let (shutdown, _) = watch::channel(false);
         let in_flight = Arc::new(());
@@ -287,6 +290,8 @@ struct Core {
     max_udp_payload: usize,
     resolution_timeout: Duration,
     prefetch_percent: u8,
+    /// Serve-stale on, and how long a client waits for a fresh answer first.
+    stale_client_timeout: Option<Duration>,
 }
 
 impl Core {
@@ -387,7 +392,25 @@ impl Core {
     async fn answer_miss(self: &Arc<Self>, query: ClientQuery, max_len: usize) -> Vec<u8> {
         let counters = &self.counters;
         let template = match PendingGuard::enter(&self.pending, self.max_pending) {
-            Some(_pending) => self.template_for(&query).await,
+            Some(_pending) => match self.stale_client_timeout {
+                None => self.template_for(&query).await,
+                Some(client_timeout) => {
+                    let resolution = self.template_for(&query);
+                    tokio::pin!(resolution);
+                    // The resolution runs in its own task: giving up waiting does not stop it.
+                    match tokio::time::timeout(client_timeout, &mut resolution).await {
+                        Ok(template) if !is_servfail(&template) => template,
+                        Ok(template) => match self.stale_reply(&query, max_len) {
+                            Some(reply) => return reply,
+                            None => template,
+                        },
+                        Err(_) => match self.stale_reply(&query, max_len) {
+                            Some(reply) => return reply,
+                            None => resolution.await,
+                        },
+                    }
+                }
+            },
             None => {
                 Counters::bump(&counters.overloaded);
                 servfail_template(&query).into()
@@ -406,6 +429,24 @@ impl Core {
             Counters::bump(&counters.truncated);
         }
         out
+    }
+
+    /// An expired answer for `query`, if one is kept (serve-stale), with TTLs of 30 s.
+    fn stale_reply(&self, query: &ClientQuery, max_len: usize) -> Option<Vec<u8>> {
+        let key_query = respond::cache_key_query(query);
+        let parsed = parse_query(&key_query).ok()?;
+        let mut stale = Vec::new();
+        if !self.cache.answer_stale_into(&parsed, &mut stale, STALE_TTL) {
+            return None;
+        }
+        Counters::bump(&self.counters.stale_answers);
+        let mut out = Vec::with_capacity(stale.len() + 11);
+        personalise(&stale, query, &mut out);
+        let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+        if finish(&mut out, query.qname.len(), dnssec_ok, max_len) {
+            Counters::bump(&self.counters.truncated);
+        }
+        Some(out)
     }
 
     async fn template_for(self: &Arc<Self>, query: &ClientQuery) -> Arc<[u8]> {
@@ -510,6 +551,15 @@ impl Core {
         }
         wire.into()
     }
+}
+
+/// TTL of stale answers (RFC 8767 section 4 recommends 30 s).
+const STALE_TTL: u32 = 30;
+
+fn is_servfail(reply: &[u8]) -> bool {
+    reply
+        .get(3)
+        .is_some_and(|byte| byte & 0x0F == respond::RCODE_SERVFAIL)
 }
 
 /// Counts queries waiting on resolutions; refuses to count past the bound.
@@ -747,6 +797,7 @@ mod tests {
             max_udp_payload: 1232,
             resolution_timeout: Duration::from_secs(1),
             prefetch_percent: 10,
+            stale_client_timeout: None,
         }
     }
 

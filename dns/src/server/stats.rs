@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub(crate) cache_misses: Counter,
     pub(crate) local_answers: Counter,
     pub(crate) prefetches: Counter,
+    pub(crate) stale_answers: Counter,
     pub(crate) resolutions: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) overloaded: Counter,
@@ -54,6 +55,8 @@ pub struct ServerStatsSnapshot {
     pub local_answers: u64,
     /// Refreshes started because a cached answer was asked for close to its expiry.
     pub prefetches: u64,
+    /// Expired answers served because resolving again failed or was slow (RFC 8767).
+    pub stale_answers: u64,
     /// Resolutions the engine ran (one per coalesced group).
     pub resolutions: u64,
     /// Misses that joined a resolution already running for the same question.
@@ -94,6 +97,7 @@ impl Counters {
             cache_misses: Counter::default(),
             local_answers: Counter::default(),
             prefetches: Counter::default(),
+            stale_answers: Counter::default(),
             resolutions: Counter::default(),
             coalesced: Counter::default(),
             overloaded: Counter::default(),
@@ -115,7 +119,7 @@ impl Counters {
     /// Every counter, under `edgekit_dns_`.
     pub(crate) fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("edgekit_dns");
-        let counters: [(&str, &str, &Counter); 17] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "queries",
                 "Messages received (UDP datagrams and TCP frames)",
@@ -135,6 +139,11 @@ impl Counters {
                 "local_answers",
                 "Special-use names answered locally",
                 &self.local_answers,
+            ),
+            (
+                "stale_answers",
+                "Expired answers served after a failed or slow resolution",
+                &self.stale_answers,
             ),
             (
                 "prefetches",
@@ -213,6 +222,7 @@ impl Counters {
             cache_misses: read(&self.cache_misses),
             local_answers: read(&self.local_answers),
             prefetches: read(&self.prefetches),
+            stale_answers: read(&self.stale_answers),
             resolutions: read(&self.resolutions),
             coalesced: read(&self.coalesced),
             overloaded: read(&self.overloaded),
