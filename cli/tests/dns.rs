@@ -172,3 +172,95 @@ fn a_bad_server_table_is_rejected_naming_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_udp_payload"), "stderr: {stderr}");
 }
+
+#[test]
+fn sighup_reloads_the_acl_without_restarting() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hierarchy = runtime
+        .block_on(
+            HierarchyBuilder::new()
+                .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
+                .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
+                .server(
+                    "ns1.example.test.",
+                    Ipv4Addr::new(127, 0, 0, 4),
+                    &[("example.test.", EXAMPLE)],
+                )
+                .start(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hints = dir.path().join("test.root");
+    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
+    let config = dir.path().join("dns.toml");
+    std::fs::write(&config, "[server]\nallow = [\"127.0.0.0/8\"]\n").unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args(["dns", "serve", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .arg("--allow-loopback")
+        .arg("--root-hints")
+        .arg(&hints)
+        .arg("--config")
+        .arg(&config)
+        .env("EDGEKIT_AUTHORITY_PORT", hierarchy.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let stderr = guard.0.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let server: SocketAddr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server prints its address");
+        if let Some(address) = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.strip_suffix(" (udp)"))
+        {
+            break address.parse().unwrap();
+        }
+    };
+    assert_eq!(
+        ask(server, 1, "www.example.test.").metadata.response_code,
+        ResponseCode::NoError
+    );
+
+    std::fs::write(&config, "[server]\nallow = [\"10.0.0.0/8\"]\n").unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server reports the reload");
+        if line.contains("reload") {
+            break line;
+        }
+    };
+    assert!(
+        reloaded.starts_with("reloaded the configuration"),
+        "{reloaded}"
+    );
+    assert_eq!(
+        ask(server, 2, "www.example.test.").metadata.response_code,
+        ResponseCode::Refused
+    );
+    assert!(
+        guard.0.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+}

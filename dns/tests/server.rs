@@ -660,3 +660,43 @@ async fn expired_answers_are_served_stale_when_the_authority_dies() {
     assert_eq!(stats.stale_answers, 1);
     assert_eq!(stats.cache_misses, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_the_acl_and_keeps_the_cache() {
+    let fixture = Fixture::start().await;
+    let www = query(1, "www.example.test.", RecordType::A, None);
+    udp_ask(fixture.udp(), &www).await;
+    let upstream = fixture.hierarchy.total_queries();
+
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()]; // as started
+    config.udp_sockets_per_address = 2;
+    config.allow = Some(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "127.0.0.0/8".parse().unwrap(),
+    ]);
+    config.max_tcp_connections = 7;
+    let needs_restart = fixture.server.reload(config.clone()).unwrap();
+    assert_eq!(needs_restart, ["max_tcp_connections"]);
+    let cached = udp_ask(fixture.udp(), &www).await;
+    assert_eq!(a_addresses(&cached), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert_eq!(
+        fixture.server.stats().cache_hits,
+        1,
+        "the cache survived the reload"
+    );
+    assert_eq!(fixture.hierarchy.total_queries(), upstream);
+
+    config.allow = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    fixture.server.reload(config.clone()).unwrap();
+    let refused = udp_ask(fixture.udp(), &www).await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+
+    config.max_udp_payload = 10;
+    assert!(
+        fixture.server.reload(config).is_err(),
+        "bad values are rejected"
+    );
+    let still_refused = udp_ask(fixture.udp(), &www).await;
+    assert_eq!(still_refused.metadata.response_code, ResponseCode::Refused);
+}

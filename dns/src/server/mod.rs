@@ -74,6 +74,8 @@ pub struct DnsServer {
     udp_addresses: Vec<SocketAddr>,
     tcp_addresses: Vec<SocketAddr>,
     metrics_address: Option<SocketAddr>,
+    /// The configuration running, to tell what a reload cannot change.
+    config: Mutex<ServerConfig>,
     listeners: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     in_flight: Arc<()>,
@@ -96,7 +98,7 @@ impl DnsServer {
         let core = Arc::new(Core {
             resolver,
             cache,
-            acl: config.effective_acl(),
+            policy: parking_lot::RwLock::new(Policy::from_config(&config)),
             counters,
             registry,
             inflight: Mutex::new(HashMap::new()),
@@ -105,9 +107,6 @@ impl DnsServer {
             max_pending: config.max_pending_queries,
             max_udp_payload: usize::from(config.max_udp_payload),
             resolution_timeout,
-            prefetch_percent: config.prefetch_percent,
-            stale_client_timeout: (config.serve_stale_max_seconds > 0)
-                .then(|| Duration::from_millis(config.stale_client_timeout_ms)),
         });
         let (shutdown, _) = watch::channel(false);
         let in_flight = Arc::new(());
@@ -118,6 +117,7 @@ impl DnsServer {
             udp_addresses: Vec::new(),
             tcp_addresses: Vec::new(),
             metrics_address: None,
+            config: Mutex::new(config.clone()),
             listeners: Vec::new(),
             shutdown,
             in_flight,
@@ -184,6 +184,66 @@ impl DnsServer {
             }));
         }
         Ok(server)
+    }
+
+    /// Apply a new configuration without dropping any cache: `allow`, `prefetch_percent` and
+    /// `stale_client_timeout_ms` take effect at once. Returns the names of changed settings
+    /// that only a restart applies (sockets, bounds, cache sizes); they are left as they were.
+    pub fn reload(&self, config: ServerConfig) -> Result<Vec<&'static str>, ServerError> {
+        config.validate()?;
+        let mut running = self.config.lock();
+        let mut needs_restart = Vec::new();
+        let mut compare = |name, changed: bool| {
+            if changed {
+                needs_restart.push(name);
+            }
+        };
+        compare("listen", config.listen != running.listen);
+        compare(
+            "udp_sockets_per_address",
+            config.udp_sockets_per_address != running.udp_sockets_per_address,
+        );
+        compare(
+            "max_concurrent_resolutions",
+            config.max_concurrent_resolutions != running.max_concurrent_resolutions,
+        );
+        compare(
+            "max_pending_queries",
+            config.max_pending_queries != running.max_pending_queries,
+        );
+        compare(
+            "max_tcp_connections",
+            config.max_tcp_connections != running.max_tcp_connections,
+        );
+        compare(
+            "tcp_idle_timeout_ms",
+            config.tcp_idle_timeout_ms != running.tcp_idle_timeout_ms,
+        );
+        compare(
+            "max_udp_payload",
+            config.max_udp_payload != running.max_udp_payload,
+        );
+        compare(
+            "packet_cache_bytes",
+            config.packet_cache_bytes != running.packet_cache_bytes,
+        );
+        compare(
+            "metrics_listen",
+            config.metrics_listen != running.metrics_listen,
+        );
+        // Turning serve-stale on or changing its cap needs the cache to keep expired answers.
+        compare(
+            "serve_stale_max_seconds",
+            config.serve_stale_max_seconds != running.serve_stale_max_seconds,
+        );
+        // Settings that need a restart keep their running values; the rest apply now.
+        let mut applied = running.clone();
+        applied.allow = config.allow.clone();
+        applied.prefetch_percent = config.prefetch_percent;
+        applied.stale_client_timeout_ms = config.stale_client_timeout_ms;
+        *self.core.policy.write() = Policy::from_config(&applied);
+        *running = applied;
+        Ok(needs_restart)
     }
 
     /// Where `GET /metrics` is served, when `metrics_listen` is set.
@@ -279,7 +339,8 @@ type TemplateReceiver = watch::Receiver<Option<Arc<[u8]>>>;
 struct Core {
     resolver: Resolver,
     cache: PacketCache,
-    acl: Vec<Network>,
+    /// What a reload can change.
+    policy: parking_lot::RwLock<Policy>,
     counters: Counters,
     registry: prometheus_client::registry::Registry,
     /// Resolutions running, by question; late askers wait on the same channel.
@@ -289,14 +350,35 @@ struct Core {
     max_pending: usize,
     max_udp_payload: usize,
     resolution_timeout: Duration,
+}
+
+/// The settings [`DnsServer::reload`] applies to a running server.
+#[derive(Debug)]
+struct Policy {
+    acl: Vec<Network>,
     prefetch_percent: u8,
     /// Serve-stale on, and how long a client waits for a fresh answer first.
     stale_client_timeout: Option<Duration>,
 }
 
+impl Policy {
+    fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            acl: config.effective_acl(),
+            prefetch_percent: config.prefetch_percent,
+            stale_client_timeout: (config.serve_stale_max_seconds > 0)
+                .then(|| Duration::from_millis(config.stale_client_timeout_ms)),
+        }
+    }
+}
+
 impl Core {
     fn allowed(&self, client: IpAddr) -> bool {
-        self.acl.iter().any(|network| network.contains(client))
+        self.policy
+            .read()
+            .acl
+            .iter()
+            .any(|network| network.contains(client))
     }
 
     /// Everything that needs no resolution: errors, refusals and packet-cache hits.
@@ -363,7 +445,7 @@ impl Core {
         };
         if let Some(lifetime_left) = self.cache.answer_into_with_lifetime(&query, out) {
             Counters::bump(&counters.cache_hits);
-            if lifetime_left < self.prefetch_percent {
+            if lifetime_left < self.policy.read().prefetch_percent {
                 self.prefetch(ClientQuery::from_parsed(&query));
             }
             let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
@@ -391,8 +473,10 @@ impl Core {
     /// A miss: wait for (or start) the resolution of this question, then personalise it.
     async fn answer_miss(self: &Arc<Self>, query: ClientQuery, max_len: usize) -> Vec<u8> {
         let counters = &self.counters;
+        // Read before awaiting: the lock guard must not be held across an await.
+        let stale_client_timeout = self.policy.read().stale_client_timeout;
         let template = match PendingGuard::enter(&self.pending, self.max_pending) {
-            Some(_pending) => match self.stale_client_timeout {
+            Some(_pending) => match stale_client_timeout {
                 None => self.template_for(&query).await,
                 Some(client_timeout) => {
                     let resolution = self.template_for(&query);
@@ -787,7 +871,7 @@ mod tests {
         Core {
             resolver: Resolver::new(ResolverConfig::default()).unwrap(),
             cache: PacketCache::new(PacketCacheConfig::default()).unwrap(),
-            acl: ServerConfig::default().effective_acl(),
+            policy: parking_lot::RwLock::new(Policy::from_config(&ServerConfig::default())),
             counters,
             registry,
             inflight: Mutex::new(HashMap::new()),
@@ -796,8 +880,6 @@ mod tests {
             max_pending: 1,
             max_udp_payload: 1232,
             resolution_timeout: Duration::from_secs(1),
-            prefetch_percent: 10,
-            stale_client_timeout: None,
         }
     }
 
