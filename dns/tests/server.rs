@@ -700,3 +700,43 @@ async fn reload_applies_the_acl_and_keeps_the_cache() {
     let still_refused = udp_ask(fixture.udp(), &www).await;
     assert_eq!(still_refused.metadata.response_code, ResponseCode::Refused);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_their_rate_limit_are_dropped() {
+    let fixture = Fixture::with(|config| {
+        config.rate_limit_per_client = 2;
+        config.rate_limit_burst = 5;
+    })
+    .await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const SENT: u16 = 20;
+    for id in 0..SENT {
+        socket
+            .send_to(&query(id, "localhost.", RecordType::A, None), fixture.udp())
+            .await
+            .unwrap();
+    }
+    let mut answered = 0;
+    let mut buffer = [0u8; 512];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer)).await
+    {
+        answered += 1;
+    }
+    // The burst of 5, plus at most one refill token while the 20 were being sent.
+    assert!((5..=6).contains(&answered), "answered {answered}");
+    let stats = fixture.server.stats();
+    assert_eq!(stats.rate_limited, u64::from(SENT) - answered);
+    // Another client address has its own bucket.
+    let other = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    other
+        .send_to(&query(99, "localhost.", RecordType::A, None), fixture.udp())
+        .await
+        .unwrap();
+    let (length, _) = tokio::time::timeout(TIMEOUT, other.recv_from(&mut buffer))
+        .await
+        .expect("another client is answered")
+        .unwrap();
+    let reply = Message::from_vec(&buffer[..length]).unwrap();
+    assert_eq!(a_addresses(&reply), [Ipv4Addr::LOCALHOST]);
+}

@@ -55,6 +55,11 @@ pub struct ServerConfig {
     /// With serve-stale on, how long a client waits for a fresh answer before it gets a stale
     /// one (RFC 8767 suggests 1.8 s).
     pub stale_client_timeout_ms: u64,
+    /// Queries per second one client IP address may send; past it (and the burst) its queries
+    /// are dropped unanswered. 0 (the default) turns the limit off.
+    pub rate_limit_per_client: u32,
+    /// Queries a client may send at once before the rate applies (0: the same as the rate).
+    pub rate_limit_burst: u32,
     /// Where to serve `GET /metrics` (Prometheus text format); off when unset. Not subject to
     /// `allow`: bind it to an admin-only address.
     pub metrics_listen: Option<SocketAddr>,
@@ -76,6 +81,8 @@ impl Default for ServerConfig {
             prefetch_percent: 10,
             serve_stale_max_seconds: 0,
             stale_client_timeout_ms: 1800,
+            rate_limit_per_client: 0,
+            rate_limit_burst: 0,
         }
     }
 }

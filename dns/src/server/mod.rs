@@ -7,6 +7,7 @@
 //! a miss past the bound is answered SERVFAIL at once instead of queueing.
 
 mod config;
+mod rate_limit;
 mod respond;
 mod special_use;
 mod stats;
@@ -99,6 +100,13 @@ impl DnsServer {
             resolver,
             cache,
             policy: parking_lot::RwLock::new(Policy::from_config(&config)),
+            rate_limiter: (config.rate_limit_per_client > 0).then(|| {
+                let burst = match config.rate_limit_burst {
+                    0 => config.rate_limit_per_client,
+                    burst => burst,
+                };
+                rate_limit::RateLimiter::new(config.rate_limit_per_client, burst)
+            }),
             counters,
             registry,
             inflight: Mutex::new(HashMap::new()),
@@ -231,6 +239,14 @@ impl DnsServer {
             "metrics_listen",
             config.metrics_listen != running.metrics_listen,
         );
+        compare(
+            "rate_limit_per_client",
+            config.rate_limit_per_client != running.rate_limit_per_client,
+        );
+        compare(
+            "rate_limit_burst",
+            config.rate_limit_burst != running.rate_limit_burst,
+        );
         // Turning serve-stale on or changing its cap needs the cache to keep expired answers.
         compare(
             "serve_stale_max_seconds",
@@ -341,6 +357,8 @@ struct Core {
     cache: PacketCache,
     /// What a reload can change.
     policy: parking_lot::RwLock<Policy>,
+    /// Per-client token buckets, when the limit is on.
+    rate_limiter: Option<rate_limit::RateLimiter>,
     counters: Counters,
     registry: prometheus_client::registry::Registry,
     /// Resolutions running, by question; late askers wait on the same channel.
@@ -394,6 +412,13 @@ impl Core {
         out.clear();
         if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
             Counters::bump(&counters.dropped);
+            return Fast::Drop;
+        }
+        // Before anything is sent back, so a spoofed source cannot be used for reflection.
+        if let Some(limiter) = &self.rate_limiter
+            && !limiter.allow(client)
+        {
+            Counters::bump(&counters.rate_limited);
             return Fast::Drop;
         }
         let parsed = parse_query(packet);
@@ -872,6 +897,7 @@ mod tests {
             resolver: Resolver::new(ResolverConfig::default()).unwrap(),
             cache: PacketCache::new(PacketCacheConfig::default()).unwrap(),
             policy: parking_lot::RwLock::new(Policy::from_config(&ServerConfig::default())),
+            rate_limiter: None,
             counters,
             registry,
             inflight: Mutex::new(HashMap::new()),

@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub(crate) local_answers: Counter,
     pub(crate) prefetches: Counter,
     pub(crate) stale_answers: Counter,
+    pub(crate) rate_limited: Counter,
     pub(crate) resolutions: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) overloaded: Counter,
@@ -57,6 +58,8 @@ pub struct ServerStatsSnapshot {
     pub prefetches: u64,
     /// Expired answers served because resolving again failed or was slow (RFC 8767).
     pub stale_answers: u64,
+    /// Queries dropped by the per-client rate limit.
+    pub rate_limited: u64,
     /// Resolutions the engine ran (one per coalesced group).
     pub resolutions: u64,
     /// Misses that joined a resolution already running for the same question.
@@ -98,6 +101,7 @@ impl Counters {
             local_answers: Counter::default(),
             prefetches: Counter::default(),
             stale_answers: Counter::default(),
+            rate_limited: Counter::default(),
             resolutions: Counter::default(),
             coalesced: Counter::default(),
             overloaded: Counter::default(),
@@ -119,7 +123,7 @@ impl Counters {
     /// Every counter, under `edgekit_dns_`.
     pub(crate) fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("edgekit_dns");
-        let counters: [(&str, &str, &Counter); 18] = [
+        let counters: [(&str, &str, &Counter); 19] = [
             (
                 "queries",
                 "Messages received (UDP datagrams and TCP frames)",
@@ -139,6 +143,11 @@ impl Counters {
                 "local_answers",
                 "Special-use names answered locally",
                 &self.local_answers,
+            ),
+            (
+                "rate_limited",
+                "Queries dropped by the per-client rate limit",
+                &self.rate_limited,
             ),
             (
                 "stale_answers",
@@ -223,6 +232,7 @@ impl Counters {
             local_answers: read(&self.local_answers),
             prefetches: read(&self.prefetches),
             stale_answers: read(&self.stale_answers),
+            rate_limited: read(&self.rate_limited),
             resolutions: read(&self.resolutions),
             coalesced: read(&self.coalesced),
             overloaded: read(&self.overloaded),
