@@ -5,6 +5,7 @@
 
 mod args;
 mod cmd;
+mod dns_config;
 mod exit;
 mod logging;
 

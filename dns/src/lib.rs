@@ -5,6 +5,9 @@
 //! before using or caching it, and minimises query names (RFC 9156). Results are cached with
 //! absolute expiry and handed back with decremented TTLs.
 //!
+//! [`DnsServer`] serves the engine to clients over UDP and TCP (`edgekit dns serve`): packet-cache
+//! hits are answered from wire bytes, misses share one resolution per question.
+//!
 //! ```
 //! use edgekit_dns::{ResolverConfig, Resolver, RootHints};
 //!
@@ -53,6 +56,11 @@ pub use wire::{
 };
 
 pub mod bench;
+mod server;
+pub use server::{
+    DnsServer, Network, NetworkParseError, ServerConfig, ServerConfigError, ServerError,
+    ServerStatsSnapshot,
+};
 mod packet_cache;
 pub use packet_cache::{
     CacheInsertError, ManualClock, MillisClock, MonotonicClock, PacketCache, PacketCacheConfig,

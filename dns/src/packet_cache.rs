@@ -370,6 +370,9 @@ pub struct PacketCacheConfig {
     pub shards: usize,
     /// TTLs above this are served as if they were this (Unbound's `cache-max-ttl`).
     pub max_ttl: Duration,
+    /// How long an expired answer is kept for [`PacketCache::answer_stale_into`] (serve-stale,
+    /// RFC 8767). Zero: expired answers are dropped when next read.
+    pub keep_expired: Duration,
 }
 
 impl Default for PacketCacheConfig {
@@ -378,6 +381,7 @@ impl Default for PacketCacheConfig {
             max_bytes: 64 << 20,
             shards: 16,
             max_ttl: Duration::from_secs(86_400),
+            keep_expired: Duration::ZERO,
         }
     }
 }
@@ -456,6 +460,8 @@ struct Entry {
     /// (byte offset of a TTL, that record's absolute expiry in ms).
     ttls: Box<[(u32, u64)]>,
     expires_at: u64,
+    /// When it was stored (ms), so a hit can tell how much of its lifetime is left.
+    inserted_at: u64,
     /// Tells this entry from an earlier one under the same key in the eviction queue.
     generation: u64,
 }
@@ -564,6 +570,7 @@ pub struct PacketCache<C: MillisClock = MonotonicClock> {
     shard_mask: u64,
     shard_limit: usize,
     max_ttl_millis: u64,
+    keep_expired_millis: u64,
     clock: C,
     generation: AtomicU64,
 }
@@ -584,6 +591,7 @@ impl<C: MillisClock> PacketCache<C> {
             shard_mask: config.shards as u64 - 1,
             shard_limit: config.max_bytes / config.shards,
             max_ttl_millis: u64::try_from(config.max_ttl.as_millis()).unwrap_or(u64::MAX),
+            keep_expired_millis: u64::try_from(config.keep_expired.as_millis()).unwrap_or(u64::MAX),
             clock,
             generation: AtomicU64::new(0),
         })
@@ -592,6 +600,16 @@ impl<C: MillisClock> PacketCache<C> {
     /// Serve `query` from the cache into `out` (cleared first). Returns false on a miss or when
     /// the entry has expired, leaving `out` empty.
     pub fn answer_into(&self, query: &ParsedQuery<'_>, out: &mut Vec<u8>) -> bool {
+        self.answer_into_with_lifetime(query, out).is_some()
+    }
+
+    /// Like [`PacketCache::answer_into`], but a hit also says what percentage of the entry's
+    /// lifetime is left (0 to 100), for prefetching answers about to expire.
+    pub fn answer_into_with_lifetime(
+        &self,
+        query: &ParsedQuery<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<u8> {
         out.clear();
         let mut key = [0u8; MAX_KEY_LEN];
         let key_len = query.key_into(&mut key);
@@ -606,16 +624,17 @@ impl<C: MillisClock> PacketCache<C> {
                 Some(entry) if &*entry.key == key => {
                     drop(guard);
                     let mut guard = shard.write();
+                    let keep = self.keep_expired_millis;
                     if guard
                         .entries
                         .get(&hash)
-                        .is_some_and(|entry| now >= entry.expires_at)
+                        .is_some_and(|entry| now >= entry.expires_at.saturating_add(keep))
                     {
                         guard.remove(hash);
                     }
-                    return false;
+                    return None;
                 }
-                _ => return false,
+                _ => return None,
             }
         };
         out.extend_from_slice(&entry.wire);
@@ -628,6 +647,46 @@ impl<C: MillisClock> PacketCache<C> {
                 u32::try_from(expires_at.saturating_sub(now) / 1000).unwrap_or(u32::MAX);
             let offset = offset as usize;
             out[offset..offset + 4].copy_from_slice(&remaining.to_be_bytes());
+        }
+        let lifetime = entry.expires_at.saturating_sub(entry.inserted_at).max(1);
+        let left = entry.expires_at.saturating_sub(now).saturating_mul(100) / lifetime;
+        Some(u8::try_from(left.min(100)).unwrap_or(100))
+    }
+
+    /// Serve `query` from an answer that may have expired, but by less than `keep_expired`,
+    /// with every TTL set to `stale_ttl` (RFC 8767 recommends 30 s). For when resolving it
+    /// again failed. Returns false (and leaves `out` empty) when there is none.
+    pub fn answer_stale_into(
+        &self,
+        query: &ParsedQuery<'_>,
+        out: &mut Vec<u8>,
+        stale_ttl: u32,
+    ) -> bool {
+        out.clear();
+        let mut key = [0u8; MAX_KEY_LEN];
+        let key_len = query.key_into(&mut key);
+        let key = &key[..key_len];
+        let hash = xxhash_rust::xxh3::xxh3_64(key);
+        let now = self.clock.now_millis();
+        let entry = {
+            let guard = self.shards[(hash & self.shard_mask) as usize].read();
+            match guard.entries.get(&hash) {
+                Some(entry)
+                    if &*entry.key == key
+                        && now < entry.expires_at.saturating_add(self.keep_expired_millis) =>
+                {
+                    entry.clone()
+                }
+                _ => return false,
+            }
+        };
+        out.extend_from_slice(&entry.wire);
+        out[..2].copy_from_slice(&query.id.to_be_bytes());
+        out[2] = (out[2] & !0x01) | u8::from(query.recursion_desired());
+        out[HEADER_LEN..HEADER_LEN + entry.qname_len].copy_from_slice(query.qname);
+        for &(offset, _) in &*entry.ttls {
+            let offset = offset as usize;
+            out[offset..offset + 4].copy_from_slice(&stale_ttl.to_be_bytes());
         }
         true
     }
@@ -680,6 +739,7 @@ impl<C: MillisClock> PacketCache<C> {
                 .map(|&(offset, ttl)| (offset, now + lifetime(ttl)))
                 .collect(),
             expires_at: now + lifetime(min_ttl),
+            inserted_at: now,
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
         };
         let charge = entry.charge();

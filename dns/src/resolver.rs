@@ -89,6 +89,9 @@ struct Work {
     minimisation_queries: u8,
     trace: Vec<TraceStep>,
     in_progress: Vec<(Name, RecordType)>,
+    /// A refresh: the cached answer for this (lowercased) question is ignored once, so the
+    /// authoritative servers are asked again (cached delegations are still used).
+    skip_cached_answer: Option<(Name, RecordType)>,
 }
 
 /// A conclusion: rcode, answer chain, SOA for negative answers.
@@ -202,6 +205,28 @@ impl Resolver {
         name: &Name,
         record_type: RecordType,
     ) -> Result<Resolution, FailedResolution> {
+        self.resolve_with(name, record_type, false).await
+    }
+
+    /// Ask the authoritative servers again for `name`/`record_type` even when its answer is
+    /// cached, and cache what they say (prefetch of answers about to expire). Cached
+    /// delegations are used as usual.
+    pub async fn refresh(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+    ) -> Result<Resolution, ResolveError> {
+        self.resolve_with(name, record_type, true)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    async fn resolve_with(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+        refresh: bool,
+    ) -> Result<Resolution, FailedResolution> {
         if matches!(
             record_type,
             RecordType::OPT | RecordType::AXFR | RecordType::IXFR | RecordType::ANY
@@ -224,6 +249,7 @@ impl Resolver {
             minimisation_queries: 0,
             trace: Vec::new(),
             in_progress: vec![(name.to_lowercase(), record_type)],
+            skip_cached_answer: refresh.then(|| (name.to_lowercase(), record_type)),
         };
         let result = self.resolve_at(name, record_type, 0, &mut work).await;
         if work.queries == 0 {
@@ -272,7 +298,18 @@ impl Resolver {
             };
             loop {
                 check_deadline(work)?;
-                match self.inner.cache.lookup(&current, record_type) {
+                let skip = work
+                    .skip_cached_answer
+                    .take_if(|(skipped, skipped_type)| {
+                        *skipped_type == record_type && *skipped == current.to_lowercase()
+                    })
+                    .is_some();
+                let cached = if skip {
+                    None
+                } else {
+                    self.inner.cache.lookup(&current, record_type)
+                };
+                match cached {
                     Some(CacheAnswer::Records(records)) => {
                         answers.extend(records);
                         return Ok(conclusion(ResponseCode::NoError, answers, None));

@@ -14,7 +14,6 @@ use edgekit_dns::{
     proto::rr::{Name, Record, RecordType},
     rcode_mnemonic,
 };
-use serde::Deserialize;
 
 use crate::args::GlobalOpts;
 
@@ -56,35 +55,13 @@ pub(crate) struct ResolveArgs {
     pub(crate) authority_port: Option<u16>,
 }
 
-/// The part of the TOML config file this command reads; other tables belong to other commands.
-#[derive(Debug, Default, Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    resolver: ResolverConfig,
-}
-
 fn load_config(args: &ResolveArgs) -> anyhow::Result<ResolverConfig> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text)
-                .with_context(|| format!("bad config file {}", path.display()))?
-                .resolver
-        }
-        None => ResolverConfig::default(),
+    let overrides = crate::dns_config::ResolverOverrides {
+        root_hints: args.root_hints.clone(),
+        allow_loopback: args.allow_loopback,
+        authority_port: args.authority_port,
     };
-    if let Some(path) = &args.root_hints {
-        config.root_hints_file = Some(path.clone());
-    }
-    if args.allow_loopback {
-        config.allow_loopback = true;
-        config.allow_private = true;
-    }
-    if let Some(port) = args.authority_port {
-        config.authority_port = port;
-    }
-    Ok(config)
+    Ok(crate::dns_config::load(args.config.as_deref(), &overrides)?.resolver)
 }
 
 pub(crate) fn run(args: ResolveArgs, _global: &GlobalOpts) -> anyhow::Result<()> {

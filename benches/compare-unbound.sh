@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# `edgekit dns serve` against Unbound, both recursive, both in front of the same NSD hierarchy.
+#
+# Three NSD instances (Debian) serve a root, a TLD `bench.` and a leaf zone `zone.bench.` (1000
+# hosts) on 127.0.54.1-3:53. Unbound (127.0.54.10:53) and edgekit (127.0.54.11:53) start with the same root
+# hints and THREADS threads each. Then, per server:
+#   cold:   the query file (distinct names) once, from a fresh process: wall time and the upstream
+#           queries NSD counted (nsd-control stats_noreset num.queries);
+#   cached: ROUNDS alternating runs of dnsperf and `edgekit bench dns` on the now-warm cache.
+# Prints the medians, p99s (edgekit bench dns; dnsperf prints no percentiles) and the ratios.
+# Needs root for port 53. Runs by itself on a fresh machine (not in CI).
+#
+# Environment: ROUNDS (3), DURATION seconds per cached run (10), CONCURRENCY outstanding (64),
+# SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONCURRENCY=${CONCURRENCY:-64}
+SOCKETS=${SOCKETS:-4}
+THREADS=${THREADS:-2}
+NET=127.0.54
+UNBOUND_ADDR=$NET.10
+EDGEKIT_ADDR=$NET.11
+
+need=()
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v unbound >/dev/null || [[ -x /usr/sbin/unbound ]] || need+=(unbound)
+command -v nsd >/dev/null || [[ -x /usr/sbin/nsd ]] || need+=(nsd)
+if ((${#need[@]})); then
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+UNBOUND=$(command -v unbound || echo /usr/sbin/unbound)
+NSD=$(command -v nsd || echo /usr/sbin/nsd)
+NSD_CONTROL=$(command -v nsd-control || echo /usr/sbin/nsd-control)
+
+if [[ -z ${EDGEKIT:-} ]]; then
+    cargo build --release -p edgekit
+    EDGEKIT=target/release/edgekit
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the hierarchy ----------------------------------------------------------------------------
+cat >"$work/root.zone" <<ZONE
+\$ORIGIN .
+\$TTL 86400
+.                 IN SOA ns.root. hostmaster.root. 1 1800 900 604800 86400
+.                 IN NS  ns.root.
+ns.root.          IN A   $NET.1
+bench.            IN NS  ns.bench.
+ns.bench.         IN A   $NET.2
+ZONE
+cat >"$work/bench.zone" <<ZONE
+\$ORIGIN bench.
+\$TTL 86400
+@        IN SOA ns.bench. hostmaster.bench. 1 1800 900 604800 3600
+@        IN NS  ns.bench.
+ns       IN A   $NET.2
+zone     IN NS  ns.zone.bench.
+ns.zone  IN A   $NET.3
+ZONE
+{
+    echo "\$ORIGIN zone.bench."
+    echo "\$TTL 3600"
+    echo "@    IN SOA ns.zone.bench. hostmaster.zone.bench. 1 3600 600 86400 3600"
+    echo "@    IN NS  ns"
+    echo "ns   IN A   $NET.3"
+    for i in $(seq 1 1000); do
+        echo "host$i IN A 192.0.2.$((i % 250 + 1))"
+    done
+} >"$work/leaf.zone"
+# One NSD per authoritative server, each on its own address with only its own zone, so the
+# resolvers see real referrals (one NSD serving every zone on every address would answer all
+# of them authoritatively from the root address).
+start_nsd() { # label ip zone-name zone-file
+    local dir="$work/nsd-$1"
+    mkdir -p "$dir"
+    cp "$work/$4" "$dir/"
+    cat >"$dir/nsd.conf" <<CONF
+server:
+  ip-address: $2
+  port: 53
+  username: ""
+  chroot: ""
+  zonesdir: "$dir"
+  zonelistfile: "$dir/zone.list"
+  database: ""
+  pidfile: "$dir/nsd.pid"
+  xfrdfile: "$dir/xfrd.state"
+  xfrdir: "$dir"
+  logfile: "$dir/nsd.log"
+  server-count: 1
+  do-ip6: no
+remote-control:
+  control-enable: yes
+  control-interface: "$dir/nsd.sock"
+zone:
+  name: "$3"
+  zonefile: "$4"
+CONF
+    "$NSD" -d -c "$dir/nsd.conf" >/dev/null 2>&1 &
+    pids+=($!)
+}
+printf '.  3600000 NS ns.root.\nns.root. 3600000 A %s\n' "$NET.1" >"$work/root.hints"
+
+# 1000 existing names, plus NODATA (AAAA) and NXDOMAIN questions: a resolver's hot set.
+for i in $(seq 1 1000); do
+    echo "host$i.zone.bench A"
+    ((i % 4 == 0)) && echo "host$i.zone.bench AAAA"
+    ((i % 10 == 0)) && echo "missing$i.zone.bench A"
+done >"$work/queries.txt"
+total_queries=$(wc -l <"$work/queries.txt")
+
+start_nsd root "$NET.1" . root.zone
+start_nsd tld "$NET.2" bench. bench.zone
+start_nsd leaf "$NET.3" zone.bench. leaf.zone
+# Queries all three have answered so far.
+upstream() {
+    local total=0 label count
+    for label in root tld leaf; do
+        count=$("$NSD_CONTROL" -c "$work/nsd-$label/nsd.conf" stats_noreset | sed -n 's/^num.queries=//p')
+        total=$((total + count))
+    done
+    echo "$total"
+}
+for _ in $(seq 1 50); do upstream >/dev/null 2>&1 && break; sleep 0.2; done
+
+cat >"$work/unbound.conf" <<CONF
+server:
+  interface: $UNBOUND_ADDR
+  port: 53
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: ""
+  logfile: ""
+  use-syslog: no
+  do-daemonize: no
+  do-ip6: no
+  verbosity: 0
+  num-threads: $THREADS
+  so-reuseport: yes
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  root-hints: "$work/root.hints"
+  module-config: "iterator"
+  qname-minimisation: yes
+remote-control:
+  control-enable: no
+CONF
+
+json_field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d' + sys.argv[1]))" "$1"; }
+
+# Wait until a server answers, without touching the measured names.
+wait_answering() {
+    printf 'ns.bench NS\n' >"$work/probe.txt"
+    for _ in $(seq 1 100); do
+        if "$EDGEKIT" bench dns --server "$1:53" --queries "$work/probe.txt" --count 1 \
+            --timeout 300ms --json 2>/dev/null | json_field '["answered"]' | grep -qx 1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$1 does not answer" >&2
+    exit 1
+}
+
+# cold NAME ADDR: the query file once each, 16 outstanding; prints wall seconds and upstream.
+cold() {
+    local before after started ended
+    before=$(upstream)
+    started=$(date +%s.%N)
+    "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency 16 \
+        --timeout 5s --json >"$work/cold-$1.json"
+    ended=$(date +%s.%N)
+    after=$(upstream)
+    cold_wall[$1]=$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}')
+    cold_upstream[$1]=$((after - before))
+    cold_lost[$1]=$(json_field '["lost"]' <"$work/cold-$1.json")
+}
+
+declare -A cold_wall cold_upstream cold_lost
+"$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
+pids+=($!)
+"$EDGEKIT" -q dns serve --listen "$EDGEKIT_ADDR:53" --threads "$THREADS" \
+    --root-hints "$work/root.hints" --allow-loopback 2>"$work/edgekit.log" &
+pids+=($!)
+wait_answering "$UNBOUND_ADDR"
+wait_answering "$EDGEKIT_ADDR"
+cold unbound "$UNBOUND_ADDR"
+cold edgekit "$EDGEKIT_ADDR"
+
+declare -A perf_qps bench_qps bench_p99
+for round in $(seq 1 "$ROUNDS"); do
+    for server in unbound edgekit; do
+        addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
+        out=$(dnsperf -s "$addr" -p 53 -d "$work/queries.txt" -l "$DURATION" \
+            -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
+        qps=$(sed -n 's/^ *Queries per second: *\([0-9.]*\).*/\1/p' <<<"$out")
+        lost=$(sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' <<<"$out")
+        echo "round $round $server dnsperf: $qps qps, lost $lost"
+        perf_qps[$server]+="$qps "
+        "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" \
+            --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" \
+            --json >"$work/bench.json"
+        qps=$(json_field '["qps"]' <"$work/bench.json")
+        p99=$(json_field '["latency_ms"]["p99"]' <"$work/bench.json")
+        lost=$(json_field '["lost"]' <"$work/bench.json")
+        echo "round $round $server edgekit bench dns: $qps qps, p99 ${p99}ms, lost $lost"
+        bench_qps[$server]+="$qps "
+        bench_p99[$server]+="$p99 "
+    done
+done
+
+median() { printf '%s\n' $@ | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+echo
+echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $THREADS threads each; NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
+echo "cold batch ($total_queries distinct questions, 16 outstanding):"
+for server in unbound edgekit; do
+    echo "  $server: wall ${cold_wall[$server]} s, upstream queries ${cold_upstream[$server]}, lost ${cold_lost[$server]}"
+done
+echo "  ratio edgekit/unbound: wall $(ratio "${cold_wall[edgekit]}" "${cold_wall[unbound]}"), upstream $(ratio "${cold_upstream[edgekit]}" "${cold_upstream[unbound]}")"
+echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
+for server in unbound edgekit; do
+    echo "  $server: dnsperf $(median ${perf_qps[$server]}) qps; edgekit bench dns $(median ${bench_qps[$server]}) qps, p99 $(median ${bench_p99[$server]}) ms"
+done
+echo "  ratio edgekit/unbound qps: dnsperf $(ratio "$(median ${perf_qps[edgekit]})" "$(median ${perf_qps[unbound]})"), edgekit bench dns $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${bench_qps[unbound]})")"
+echo "  ratio edgekit/unbound p99: $(ratio "$(median ${bench_p99[edgekit]})" "$(median ${bench_p99[unbound]})")"

@@ -1,0 +1,266 @@
+//! `edgekit dns serve` as a real process in front of an in-process hierarchy on 127.0.0.x.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use edgekit_dns::proto::{
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{Name, RData, RecordType},
+};
+use edgekit_testkit::dns::HierarchyBuilder;
+
+const ROOT: &str = "
+$TTL 86400
+@        IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
+@        IN NS  a.root.
+a.root.  IN A   127.0.0.2
+test.    IN NS  ns1.test.
+ns1.test. IN A  127.0.0.3
+";
+
+const TEST: &str = "
+$TTL 86400
+@             IN SOA ns1.test. hostmaster.test. 1 1800 900 604800 300
+@             IN NS  ns1.test.
+ns1           IN A   127.0.0.3
+example       IN NS  ns1.example.test.
+ns1.example   IN A   127.0.0.4
+";
+
+const EXAMPLE: &str = "
+$TTL 300
+@         IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@         IN NS  ns1.example.test.
+ns1       IN A   127.0.0.4
+www       IN A   192.0.2.1
+";
+
+/// Kills the server if the test ends before it exits by itself.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    message.to_vec().unwrap()
+}
+
+fn ask(server: SocketAddr, id: u16, name: &str) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket.send_to(&query(id, name), server).unwrap();
+    let mut buffer = [0u8; 4096];
+    let (length, _) = socket.recv_from(&mut buffer).expect("the server answers");
+    Message::from_vec(&buffer[..length]).expect("the answer parses")
+}
+
+#[test]
+fn serves_the_hierarchy_and_exits_0_on_sigterm() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hierarchy = runtime
+        .block_on(
+            HierarchyBuilder::new()
+                .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
+                .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
+                .server(
+                    "ns1.example.test.",
+                    Ipv4Addr::new(127, 0, 0, 4),
+                    &[("example.test.", EXAMPLE)],
+                )
+                .start(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hints = dir.path().join("test.root");
+    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args(["dns", "serve", "--listen", "127.0.0.1:0", "--threads", "2"])
+        .arg("--allow-loopback")
+        .arg("--root-hints")
+        .arg(&hints)
+        .env("EDGEKIT_AUTHORITY_PORT", hierarchy.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let stderr = guard.0.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let server: SocketAddr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server prints its address");
+        if let Some(address) = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.strip_suffix(" (udp)"))
+        {
+            break address.parse().unwrap();
+        }
+    };
+
+    let answer = ask(server, 42, "www.example.test.");
+    assert_eq!(answer.metadata.id, 42);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    let addresses: Vec<_> = answer
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(addresses, [Ipv4Addr::new(192, 0, 2, 1)]);
+    let nxdomain = ask(server, 43, "nope.example.test.");
+    assert_eq!(nxdomain.metadata.response_code, ResponseCode::NXDomain);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = guard.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the server exits after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn a_bad_server_table_is_rejected_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dns.toml");
+    std::fs::write(&config, "[server]\nmax_udp_payload = 100\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args(["dns", "serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_udp_payload"), "stderr: {stderr}");
+}
+
+#[test]
+fn sighup_reloads_the_acl_without_restarting() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hierarchy = runtime
+        .block_on(
+            HierarchyBuilder::new()
+                .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
+                .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
+                .server(
+                    "ns1.example.test.",
+                    Ipv4Addr::new(127, 0, 0, 4),
+                    &[("example.test.", EXAMPLE)],
+                )
+                .start(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hints = dir.path().join("test.root");
+    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
+    let config = dir.path().join("dns.toml");
+    std::fs::write(&config, "[server]\nallow = [\"127.0.0.0/8\"]\n").unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args(["dns", "serve", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .arg("--allow-loopback")
+        .arg("--root-hints")
+        .arg(&hints)
+        .arg("--config")
+        .arg(&config)
+        .env("EDGEKIT_AUTHORITY_PORT", hierarchy.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let stderr = guard.0.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let server: SocketAddr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server prints its address");
+        if let Some(address) = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.strip_suffix(" (udp)"))
+        {
+            break address.parse().unwrap();
+        }
+    };
+    assert_eq!(
+        ask(server, 1, "www.example.test.").metadata.response_code,
+        ResponseCode::NoError
+    );
+
+    std::fs::write(&config, "[server]\nallow = [\"10.0.0.0/8\"]\n").unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reloaded = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server reports the reload");
+        if line.contains("reload") {
+            break line;
+        }
+    };
+    assert!(
+        reloaded.starts_with("reloaded the configuration"),
+        "{reloaded}"
+    );
+    assert_eq!(
+        ask(server, 2, "www.example.test.").metadata.response_code,
+        ResponseCode::Refused
+    );
+    assert!(
+        guard.0.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+}

@@ -1,0 +1,943 @@
+//! `edgekit dns serve`: recursive DNS over UDP and TCP in front of the [`Resolver`].
+//!
+//! Every query first goes through [`parse_query`] and the [`PacketCache`]: a hit is answered
+//! from cached wire bytes without touching the engine. A miss becomes a task that runs the
+//! resolver, encodes the answer once, stores it in the packet cache and sends it; identical
+//! questions that arrive meanwhile wait on that same resolution. Resolutions are bounded, and
+//! a miss past the bound is answered SERVFAIL at once instead of queueing.
+
+mod config;
+mod rate_limit;
+mod respond;
+mod special_use;
+mod stats;
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{Semaphore, mpsc, watch},
+    task::JoinHandle,
+};
+
+pub use config::{Network, NetworkParseError, ServerConfig, ServerConfigError};
+pub use stats::ServerStatsSnapshot;
+
+use crate::{
+    packet_cache::{PacketCache, PacketCacheConfig, PacketCacheConfigError, parse_query},
+    resolver::Resolver,
+    wire::frame_tcp,
+};
+use respond::{
+    ClientQuery, HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP, RCODE_REFUSED, badvers_reply,
+    error_reply, finish, personalise, servfail_template,
+};
+use stats::Counters;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A `[server]` setting is unusable.
+    #[error(transparent)]
+    Config(#[from] ServerConfigError),
+    /// The packet cache settings are unusable.
+    #[error(transparent)]
+    PacketCache(#[from] PacketCacheConfigError),
+    /// A socket could not be bound.
+    #[error("cannot listen on {address} ({protocol}): {source}")]
+    Bind {
+        /// The listen address.
+        address: SocketAddr,
+        /// "udp" or "tcp".
+        protocol: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A running server. [`DnsServer::shutdown`] stops it and waits for answers in flight.
+#[derive(Debug)]
+pub struct DnsServer {
+    core: Arc<Core>,
+    udp_addresses: Vec<SocketAddr>,
+    tcp_addresses: Vec<SocketAddr>,
+    metrics_address: Option<SocketAddr>,
+    /// The configuration running, to tell what a reload cannot change.
+    config: Mutex<ServerConfig>,
+    listeners: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+    in_flight: Arc<()>,
+}
+
+impl DnsServer {
+    /// Bind every listen address (UDP and TCP on the same port) and start serving with
+    /// `resolver`. Must be called inside a tokio runtime.
+    pub async fn start(config: ServerConfig, resolver: Resolver) -> Result<Self, ServerError> {
+        config.validate()?;
+        let cache = PacketCache::new(PacketCacheConfig {
+            max_bytes: config.packet_cache_bytes,
+            keep_expired: Duration::from_secs(u64::from(config.serve_stale_max_seconds)),
+            ..PacketCacheConfig::default()
+        })?;
+        let resolution_timeout =
+            Duration::from_millis(resolver.config().resolution_timeout_ms) + Duration::from_secs(1);
+        let counters = Counters::new();
+        let registry = counters.registry();
+        let core = Arc::new(Core {
+            resolver,
+            cache,
+            policy: parking_lot::RwLock::new(Policy::from_config(&config)),
+            rate_limiter: (config.rate_limit_per_client > 0).then(|| {
+                let burst = match config.rate_limit_burst {
+                    0 => config.rate_limit_per_client,
+                    burst => burst,
+                };
+                rate_limit::RateLimiter::new(config.rate_limit_per_client, burst)
+            }),
+            counters,
+            registry,
+            inflight: Mutex::new(HashMap::new()),
+            resolutions: Arc::new(Semaphore::new(config.max_concurrent_resolutions)),
+            pending: AtomicUsize::new(0),
+            max_pending: config.max_pending_queries,
+            max_udp_payload: usize::from(config.max_udp_payload),
+            resolution_timeout,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let in_flight = Arc::new(());
+        let connections = Arc::new(Semaphore::new(config.max_tcp_connections));
+        let idle_timeout = Duration::from_millis(config.tcp_idle_timeout_ms);
+        let mut server = Self {
+            core,
+            udp_addresses: Vec::new(),
+            tcp_addresses: Vec::new(),
+            metrics_address: None,
+            config: Mutex::new(config.clone()),
+            listeners: Vec::new(),
+            shutdown,
+            in_flight,
+        };
+        for &address in &config.listen {
+            let (udp, tcp) = bind_pair(address)?;
+            let bound = udp.local_addr().map_err(|source| ServerError::Bind {
+                address,
+                protocol: "udp",
+                source,
+            })?;
+            let mut udp_sockets = vec![udp];
+            for _ in 1..config.udp_sockets_per_address {
+                udp_sockets.push(bind_udp(bound).map_err(|source| ServerError::Bind {
+                    address: bound,
+                    protocol: "udp",
+                    source,
+                })?);
+            }
+            for socket in udp_sockets {
+                let socket = UdpSocket::from_std(socket).map_err(|source| ServerError::Bind {
+                    address: bound,
+                    protocol: "udp",
+                    source,
+                })?;
+                let task = udp_loop(
+                    server.core.clone(),
+                    Arc::new(socket),
+                    server.in_flight.clone(),
+                );
+                server.listeners.push(tokio::spawn(task));
+            }
+            let listener = TcpListener::from_std(tcp).map_err(|source| ServerError::Bind {
+                address: bound,
+                protocol: "tcp",
+                source,
+            })?;
+            let task = tcp_accept_loop(
+                server.core.clone(),
+                listener,
+                connections.clone(),
+                idle_timeout,
+                server.shutdown.subscribe(),
+                server.in_flight.clone(),
+            );
+            server.listeners.push(tokio::spawn(task));
+            server.udp_addresses.push(bound);
+            server.tcp_addresses.push(bound);
+            tracing::info!(%bound, "serving DNS over UDP and TCP");
+        }
+        if let Some(address) = config.metrics_listen {
+            let listener = bind_tcp(address)
+                .and_then(TcpListener::from_std)
+                .map_err(bind_error(address, "tcp"))?;
+            server.metrics_address =
+                Some(listener.local_addr().map_err(bind_error(address, "tcp"))?);
+            let router = axum::Router::new()
+                .route("/metrics", axum::routing::get(serve_metrics))
+                .with_state(server.core.clone());
+            server.listeners.push(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::warn!(%error, "the metrics endpoint stopped");
+                }
+            }));
+        }
+        Ok(server)
+    }
+
+    /// Apply a new configuration without dropping any cache: `allow`, `prefetch_percent` and
+    /// `stale_client_timeout_ms` take effect at once. Returns the names of changed settings
+    /// that only a restart applies (sockets, bounds, cache sizes); they are left as they were.
+    pub fn reload(&self, config: ServerConfig) -> Result<Vec<&'static str>, ServerError> {
+        config.validate()?;
+        let mut running = self.config.lock();
+        let mut needs_restart = Vec::new();
+        let mut compare = |name, changed: bool| {
+            if changed {
+                needs_restart.push(name);
+            }
+        };
+        compare("listen", config.listen != running.listen);
+        compare(
+            "udp_sockets_per_address",
+            config.udp_sockets_per_address != running.udp_sockets_per_address,
+        );
+        compare(
+            "max_concurrent_resolutions",
+            config.max_concurrent_resolutions != running.max_concurrent_resolutions,
+        );
+        compare(
+            "max_pending_queries",
+            config.max_pending_queries != running.max_pending_queries,
+        );
+        compare(
+            "max_tcp_connections",
+            config.max_tcp_connections != running.max_tcp_connections,
+        );
+        compare(
+            "tcp_idle_timeout_ms",
+            config.tcp_idle_timeout_ms != running.tcp_idle_timeout_ms,
+        );
+        compare(
+            "max_udp_payload",
+            config.max_udp_payload != running.max_udp_payload,
+        );
+        compare(
+            "packet_cache_bytes",
+            config.packet_cache_bytes != running.packet_cache_bytes,
+        );
+        compare(
+            "metrics_listen",
+            config.metrics_listen != running.metrics_listen,
+        );
+        compare(
+            "rate_limit_per_client",
+            config.rate_limit_per_client != running.rate_limit_per_client,
+        );
+        compare(
+            "rate_limit_burst",
+            config.rate_limit_burst != running.rate_limit_burst,
+        );
+        // Turning serve-stale on or changing its cap needs the cache to keep expired answers.
+        compare(
+            "serve_stale_max_seconds",
+            config.serve_stale_max_seconds != running.serve_stale_max_seconds,
+        );
+        // Settings that need a restart keep their running values; the rest apply now.
+        let mut applied = running.clone();
+        applied.allow = config.allow.clone();
+        applied.prefetch_percent = config.prefetch_percent;
+        applied.stale_client_timeout_ms = config.stale_client_timeout_ms;
+        *self.core.policy.write() = Policy::from_config(&applied);
+        *running = applied;
+        Ok(needs_restart)
+    }
+
+    /// Where `GET /metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
+    }
+
+    /// The bound UDP address of each listen address (ports resolved when 0 was asked for).
+    pub fn udp_addresses(&self) -> &[SocketAddr] {
+        &self.udp_addresses
+    }
+
+    /// The bound TCP address of each listen address.
+    pub fn tcp_addresses(&self) -> &[SocketAddr] {
+        &self.tcp_addresses
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServerStatsSnapshot {
+        self.core.counters.snapshot()
+    }
+
+    /// The resolver behind the server (its cache and upstream counters).
+    pub fn resolver(&self) -> &Resolver {
+        &self.core.resolver
+    }
+
+    /// Answers held in the packet cache.
+    pub fn packet_cache_len(&self) -> usize {
+        self.core.cache.len()
+    }
+
+    /// Stop receiving and accepting, close TCP connections between queries, and wait up to
+    /// `grace` for answers already being resolved to be sent. Returns whether all were.
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        for listener in self.listeners.drain(..) {
+            listener.abort();
+        }
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + grace;
+        while Arc::strong_count(&self.in_flight) > 1 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for listener in &self.listeners {
+            listener.abort();
+        }
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Prometheus text exposition of the counters and the resolution latency histogram.
+async fn serve_metrics(
+    axum::extract::State(core): axum::extract::State<Arc<Core>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &core.registry) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// What the fast path decided.
+enum Fast {
+    /// `out` holds the reply.
+    Reply,
+    /// Not worth a reply (too short to echo an ID, or a response).
+    Drop,
+    /// Needs the engine; the reply may be at most this long.
+    Miss(ClientQuery, usize),
+}
+
+/// Where waiters learn the encoded answer (ID 0) of a running resolution.
+type TemplateReceiver = watch::Receiver<Option<Arc<[u8]>>>;
+
+#[derive(Debug)]
+struct Core {
+    resolver: Resolver,
+    cache: PacketCache,
+    /// What a reload can change.
+    policy: parking_lot::RwLock<Policy>,
+    /// Per-client token buckets, when the limit is on.
+    rate_limiter: Option<rate_limit::RateLimiter>,
+    counters: Counters,
+    registry: prometheus_client::registry::Registry,
+    /// Resolutions running, by question; late askers wait on the same channel.
+    inflight: Mutex<HashMap<Vec<u8>, TemplateReceiver>>,
+    resolutions: Arc<Semaphore>,
+    pending: AtomicUsize,
+    max_pending: usize,
+    max_udp_payload: usize,
+    resolution_timeout: Duration,
+}
+
+/// The settings [`DnsServer::reload`] applies to a running server.
+#[derive(Debug)]
+struct Policy {
+    acl: Vec<Network>,
+    prefetch_percent: u8,
+    /// Serve-stale on, and how long a client waits for a fresh answer first.
+    stale_client_timeout: Option<Duration>,
+}
+
+impl Policy {
+    fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            acl: config.effective_acl(),
+            prefetch_percent: config.prefetch_percent,
+            stale_client_timeout: (config.serve_stale_max_seconds > 0)
+                .then(|| Duration::from_millis(config.stale_client_timeout_ms)),
+        }
+    }
+}
+
+impl Core {
+    fn allowed(&self, client: IpAddr) -> bool {
+        self.policy
+            .read()
+            .acl
+            .iter()
+            .any(|network| network.contains(client))
+    }
+
+    /// Everything that needs no resolution: errors, refusals and packet-cache hits.
+    fn answer_fast(
+        self: &Arc<Self>,
+        packet: &[u8],
+        client: IpAddr,
+        udp: bool,
+        out: &mut Vec<u8>,
+    ) -> Fast {
+        let counters = &self.counters;
+        Counters::bump(&counters.queries);
+        out.clear();
+        if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
+            Counters::bump(&counters.dropped);
+            return Fast::Drop;
+        }
+        // Before anything is sent back, so a spoofed source cannot be used for reflection.
+        if let Some(limiter) = &self.rate_limiter
+            && !limiter.allow(client)
+        {
+            Counters::bump(&counters.rate_limited);
+            return Fast::Drop;
+        }
+        let parsed = parse_query(packet);
+        if !self.allowed(client) {
+            Counters::bump(&counters.refused);
+            error_reply(packet, parsed.as_ref().ok(), RCODE_REFUSED, out);
+            return Fast::Reply;
+        }
+        if (packet[2] >> 3) & 0x0F != 0 {
+            Counters::bump(&counters.notimp);
+            error_reply(packet, None, RCODE_NOTIMP, out);
+            return Fast::Reply;
+        }
+        let query = match parsed {
+            Ok(query) => query,
+            Err(error) => {
+                tracing::debug!(%client, %error, "malformed query");
+                Counters::bump(&counters.formerr);
+                error_reply(packet, None, RCODE_FORMERR, out);
+                return Fast::Reply;
+            }
+        };
+        if query.edns.is_some_and(|edns| edns.version != 0) {
+            Counters::bump(&counters.badvers);
+            badvers_reply(packet, &query, out);
+            return Fast::Reply;
+        }
+        // Zone transfers are not a resolver's business; ANY and meta types are not resolvable
+        // iteratively by this engine; classes other than IN have no public tree.
+        let refusal = match (query.qclass, query.qtype) {
+            (class, _) if class != 1 => Some(RCODE_REFUSED),
+            (_, 251 | 252) => Some(RCODE_REFUSED),
+            (_, 41 | 255) => Some(RCODE_NOTIMP),
+            _ => None,
+        };
+        if let Some(rcode) = refusal {
+            Counters::bump(if rcode == RCODE_REFUSED {
+                &counters.refused
+            } else {
+                &counters.notimp
+            });
+            error_reply(packet, Some(&query), rcode, out);
+            return Fast::Reply;
+        }
+        let max_len = if udp {
+            usize::from(query.max_udp_payload()).min(self.max_udp_payload)
+        } else {
+            usize::from(u16::MAX)
+        };
+        if let Some(lifetime_left) = self.cache.answer_into_with_lifetime(&query, out) {
+            Counters::bump(&counters.cache_hits);
+            if lifetime_left < self.policy.read().prefetch_percent {
+                self.prefetch(ClientQuery::from_parsed(&query));
+            }
+            let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+            if finish(out, query.qname_wire().len(), dnssec_ok, max_len) {
+                Counters::bump(&counters.truncated);
+            }
+            return Fast::Reply;
+        }
+        let client_query = ClientQuery::from_parsed(&query);
+        if let Some((name, record_type)) = respond::question(&client_query)
+            && let Some(local) = special_use::answer(&name, record_type)
+        {
+            Counters::bump(&counters.local_answers);
+            personalise(&local, &client_query, out);
+            let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+            if finish(out, client_query.qname.len(), dnssec_ok, max_len) {
+                Counters::bump(&counters.truncated);
+            }
+            return Fast::Reply;
+        }
+        Counters::bump(&counters.cache_misses);
+        Fast::Miss(client_query, max_len)
+    }
+
+    /// A miss: wait for (or start) the resolution of this question, then personalise it.
+    async fn answer_miss(self: &Arc<Self>, query: ClientQuery, max_len: usize) -> Vec<u8> {
+        let counters = &self.counters;
+        // Read before awaiting: the lock guard must not be held across an await.
+        let stale_client_timeout = self.policy.read().stale_client_timeout;
+        let template = match PendingGuard::enter(&self.pending, self.max_pending) {
+            Some(_pending) => match stale_client_timeout {
+                None => self.template_for(&query).await,
+                Some(client_timeout) => {
+                    let resolution = self.template_for(&query);
+                    tokio::pin!(resolution);
+                    // The resolution runs in its own task: giving up waiting does not stop it.
+                    match tokio::time::timeout(client_timeout, &mut resolution).await {
+                        Ok(template) if !is_servfail(&template) => template,
+                        Ok(template) => match self.stale_reply(&query, max_len) {
+                            Some(reply) => return reply,
+                            None => template,
+                        },
+                        Err(_) => match self.stale_reply(&query, max_len) {
+                            Some(reply) => return reply,
+                            None => resolution.await,
+                        },
+                    }
+                }
+            },
+            None => {
+                Counters::bump(&counters.overloaded);
+                servfail_template(&query).into()
+            }
+        };
+        let mut out = Vec::with_capacity(template.len() + 11);
+        personalise(&template, &query, &mut out);
+        if out
+            .get(3)
+            .is_some_and(|byte| byte & 0x0F == respond::RCODE_SERVFAIL)
+        {
+            Counters::bump(&counters.servfail);
+        }
+        let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+        if finish(&mut out, query.qname.len(), dnssec_ok, max_len) {
+            Counters::bump(&counters.truncated);
+        }
+        out
+    }
+
+    /// An expired answer for `query`, if one is kept (serve-stale), with TTLs of 30 s.
+    fn stale_reply(&self, query: &ClientQuery, max_len: usize) -> Option<Vec<u8>> {
+        let key_query = respond::cache_key_query(query);
+        let parsed = parse_query(&key_query).ok()?;
+        let mut stale = Vec::new();
+        if !self.cache.answer_stale_into(&parsed, &mut stale, STALE_TTL) {
+            return None;
+        }
+        Counters::bump(&self.counters.stale_answers);
+        let mut out = Vec::with_capacity(stale.len() + 11);
+        personalise(&stale, query, &mut out);
+        let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+        if finish(&mut out, query.qname.len(), dnssec_ok, max_len) {
+            Counters::bump(&self.counters.truncated);
+        }
+        Some(out)
+    }
+
+    async fn template_for(self: &Arc<Self>, query: &ClientQuery) -> Arc<[u8]> {
+        let key = query.key();
+        let mut waiting = {
+            let mut inflight = self.inflight.lock();
+            if let Some(running) = inflight.get(&key) {
+                Counters::bump(&self.counters.coalesced);
+                running.clone()
+            } else {
+                let Ok(permit) = self.resolutions.clone().try_acquire_owned() else {
+                    Counters::bump(&self.counters.overloaded);
+                    return servfail_template(query).into();
+                };
+                let (sender, receiver) = watch::channel(None);
+                inflight.insert(key.clone(), receiver.clone());
+                let core = self.clone();
+                let question = query.clone();
+                // Its own task, so a client that goes away does not cancel it for the others.
+                tokio::spawn(async move {
+                    let template = core.resolve_to_template(&question, false).await;
+                    core.inflight.lock().remove(&key);
+                    let _ = sender.send(Some(template));
+                    drop(permit);
+                });
+                receiver
+            }
+        };
+        match waiting.wait_for(Option::is_some).await {
+            Ok(template) => template
+                .as_ref()
+                .map_or_else(|| servfail_template(query).into(), Arc::clone),
+            Err(_) => servfail_template(query).into(),
+        }
+    }
+
+    /// Refresh `query`'s answer in the background unless that is already under way or the
+    /// resolution bound is reached (the cached answer keeps being served meanwhile).
+    fn prefetch(self: &Arc<Self>, query: ClientQuery) {
+        let key = query.key();
+        let mut inflight = self.inflight.lock();
+        if inflight.contains_key(&key) {
+            return;
+        }
+        let Ok(permit) = self.resolutions.clone().try_acquire_owned() else {
+            return;
+        };
+        let (sender, receiver) = watch::channel(None);
+        inflight.insert(key.clone(), receiver);
+        drop(inflight);
+        Counters::bump(&self.counters.prefetches);
+        let core = self.clone();
+        tokio::spawn(async move {
+            let template = core.resolve_to_template(&query, true).await;
+            core.inflight.lock().remove(&key);
+            let _ = sender.send(Some(template));
+            drop(permit);
+        });
+    }
+
+    async fn resolve_to_template(&self, query: &ClientQuery, refresh: bool) -> Arc<[u8]> {
+        let Some((name, record_type)) = respond::question(query) else {
+            return servfail_template(query).into();
+        };
+        Counters::bump(&self.counters.resolutions);
+        let started = Instant::now();
+        let resolution = async {
+            if refresh {
+                self.resolver.refresh(&name, record_type).await
+            } else {
+                self.resolver.resolve(&name, record_type).await
+            }
+        };
+        let outcome = tokio::time::timeout(self.resolution_timeout, resolution).await;
+        self.counters
+            .resolution_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let resolution = match outcome {
+            Ok(Ok(resolution)) => {
+                self.counters
+                    .upstream_queries
+                    .inc_by(u64::from(resolution.upstream_queries));
+                resolution
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%name, %record_type, %error, "resolution failed");
+                return servfail_template(query).into();
+            }
+            Err(_) => {
+                tracing::debug!(%name, %record_type, "resolution timed out");
+                return servfail_template(query).into();
+            }
+        };
+        let Some(wire) = respond::encode_resolution(query, &resolution) else {
+            return servfail_template(query).into();
+        };
+        let key_query = respond::cache_key_query(query);
+        if let Ok(parsed) = parse_query(&key_query)
+            && let Err(error) = self.cache.insert(&parsed, &wire)
+        {
+            tracing::trace!(%name, %record_type, %error, "answer not cached");
+        }
+        wire.into()
+    }
+}
+
+/// TTL of stale answers (RFC 8767 section 4 recommends 30 s).
+const STALE_TTL: u32 = 30;
+
+fn is_servfail(reply: &[u8]) -> bool {
+    reply
+        .get(3)
+        .is_some_and(|byte| byte & 0x0F == respond::RCODE_SERVFAIL)
+}
+
+/// Counts queries waiting on resolutions; refuses to count past the bound.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl<'a> PendingGuard<'a> {
+    fn enter(pending: &'a AtomicUsize, max: usize) -> Option<Self> {
+        pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < max).then_some(now + 1)
+            })
+            .ok()
+            .map(|_| Self(pending))
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn bind_error(address: SocketAddr, protocol: &'static str) -> impl Fn(io::Error) -> ServerError {
+    move |source| ServerError::Bind {
+        address,
+        protocol,
+        source,
+    }
+}
+
+/// UDP and TCP on one port; with port 0, retry until a port is free for both.
+fn bind_pair(
+    address: SocketAddr,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), ServerError> {
+    let attempts = if address.port() == 0 { 16 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let udp = bind_udp(address).map_err(bind_error(address, "udp"))?;
+        let bound = udp.local_addr().map_err(bind_error(address, "udp"))?;
+        match bind_tcp(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    let source = last_error.unwrap_or_else(|| io::Error::other("no attempt made"));
+    Err(bind_error(address, "tcp")(source))
+}
+
+fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    // A bigger receive buffer absorbs bursts; the kernel may cap it, which is fine.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+fn bind_tcp(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn udp_loop(core: Arc<Core>, socket: Arc<UdpSocket>, in_flight: Arc<()>) {
+    let mut packet = vec![0u8; usize::from(u16::MAX)];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let (length, peer) = match socket.recv_from(&mut packet).await {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::debug!(%error, "UDP receive failed");
+                continue;
+            }
+        };
+        match core.answer_fast(&packet[..length], peer.ip(), true, &mut out) {
+            Fast::Reply => {
+                core.counters.count_reply(&out);
+                if !out.is_empty()
+                    && let Err(error) = socket.send_to(&out, peer).await
+                {
+                    tracing::debug!(%peer, %error, "UDP send failed");
+                }
+            }
+            Fast::Drop => {}
+            Fast::Miss(query, max_len) => {
+                let (core, socket, guard) = (core.clone(), socket.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    let reply = core.answer_miss(query, max_len).await;
+                    core.counters.count_reply(&reply);
+                    if let Err(error) = socket.send_to(&reply, peer).await {
+                        tracing::debug!(%peer, %error, "UDP send failed");
+                    }
+                    drop(guard);
+                });
+            }
+        }
+    }
+}
+
+async fn tcp_accept_loop(
+    core: Arc<Core>,
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    idle_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+    in_flight: Arc<()>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::debug!(%error, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            Counters::bump(&core.counters.tcp_rejected);
+            continue;
+        };
+        let (core, shutdown, in_flight) = (core.clone(), shutdown.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            serve_tcp(core, stream, peer, idle_timeout, shutdown, in_flight).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One TCP connection: length-prefixed queries, answered in completion order (pipelining).
+async fn serve_tcp(
+    core: Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    in_flight: Arc<()>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (replies, mut outbox) = mpsc::channel::<Vec<u8>>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(reply) = outbox.recv().await {
+            let Ok(frame) = frame_tcp(&reply) else {
+                continue;
+            };
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut length = [0u8; 2];
+    let mut packet = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(idle_timeout, reader.read_exact(&mut length)) => read,
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+        };
+        if !matches!(read, Ok(Ok(_))) {
+            break;
+        }
+        let frame_len = usize::from(u16::from_be_bytes(length));
+        if frame_len < HEADER_LEN {
+            // Not even a header: nothing to answer and no way to resynchronise.
+            Counters::bump(&core.counters.formerr);
+            break;
+        }
+        packet.resize(frame_len, 0);
+        let read = tokio::time::timeout(idle_timeout, reader.read_exact(&mut packet)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            break;
+        }
+        match core.answer_fast(&packet, peer.ip(), false, &mut out) {
+            Fast::Reply => {
+                core.counters.count_reply(&out);
+                if !out.is_empty() && replies.send(out.clone()).await.is_err() {
+                    break;
+                }
+            }
+            Fast::Drop => {}
+            Fast::Miss(query, max_len) => {
+                let (core, replies, guard) = (core.clone(), replies.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    let reply = core.answer_miss(query, max_len).await;
+                    core.counters.count_reply(&reply);
+                    let _ = replies.send(reply).await;
+                    drop(guard);
+                });
+            }
+        }
+    }
+    drop(replies);
+    let _ = writer_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::ResolverConfig;
+
+    fn core() -> Core {
+        let counters = Counters::new();
+        let registry = counters.registry();
+        Core {
+            resolver: Resolver::new(ResolverConfig::default()).unwrap(),
+            cache: PacketCache::new(PacketCacheConfig::default()).unwrap(),
+            policy: parking_lot::RwLock::new(Policy::from_config(&ServerConfig::default())),
+            rate_limiter: None,
+            counters,
+            registry,
+            inflight: Mutex::new(HashMap::new()),
+            resolutions: Arc::new(Semaphore::new(1)),
+            pending: AtomicUsize::new(0),
+            max_pending: 1,
+            max_udp_payload: 1232,
+            resolution_timeout: Duration::from_secs(1),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_get_a_well_formed_reply_or_none(
+            packet in proptest::collection::vec(any::<u8>(), 0..300),
+            header in proptest::collection::vec(any::<u8>(), 12),
+            udp in any::<bool>(),
+        ) {
+            let core = Arc::new(core());
+            let mut out = Vec::new();
+            // Random bytes, and random bytes behind a plausible query header.
+            let mut plausible = header;
+            plausible[2] &= 0x07; // a QUERY
+            plausible[4..6].copy_from_slice(&[0, 1]); // one question
+            plausible.extend_from_slice(&packet);
+            for bytes in [&packet, &plausible] {
+                match core.answer_fast(bytes, IpAddr::from([127, 0, 0, 1]), udp, &mut out) {
+                    Fast::Reply => {
+                        prop_assert!(out.len() >= HEADER_LEN);
+                        prop_assert_eq!(&out[..2], &bytes[..2]);
+                        prop_assert!(out[2] & 0x80 != 0, "replies are responses");
+                        prop_assert!(crate::wire::parse_message(&out).is_ok());
+                    }
+                    Fast::Drop => prop_assert!(bytes.len() < HEADER_LEN || bytes[2] & 0x80 != 0),
+                    Fast::Miss(query, max_len) => {
+                        prop_assert!(max_len >= 512);
+                        prop_assert!(respond::question(&query).is_some());
+                    }
+                }
+            }
+        }
+    }
+}

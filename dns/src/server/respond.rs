@@ -1,0 +1,252 @@
+//! Building answers in wire form: error replies from a bare header, OPT records, truncation,
+//! and the template a finished resolution is encoded to once and personalised per client.
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{DNSClass, Name, RecordType},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
+
+use crate::{packet_cache::ParsedQuery, resolver::Resolution};
+
+pub(crate) const HEADER_LEN: usize = 12;
+pub(crate) const RCODE_SERVFAIL: u8 = 2;
+pub(crate) const RCODE_FORMERR: u8 = 1;
+pub(crate) const RCODE_NOTIMP: u8 = 4;
+pub(crate) const RCODE_REFUSED: u8 = 5;
+/// Extended rcode 16 (BADVERS): upper 8 bits 1 in the OPT record, 0 in the header.
+const EXTENDED_RCODE_BADVERS: u8 = 1;
+
+/// What the client sent that every reply to it must reflect.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientQuery {
+    pub(crate) id: u16,
+    pub(crate) flags: u16,
+    pub(crate) qname: Vec<u8>,
+    pub(crate) qtype: u16,
+    pub(crate) qclass: u16,
+    pub(crate) edns: Option<crate::packet_cache::QueryEdns>,
+}
+
+impl ClientQuery {
+    pub(crate) fn from_parsed(query: &ParsedQuery<'_>) -> Self {
+        Self {
+            id: query.id,
+            flags: query.flags,
+            qname: query.qname_wire().to_vec(),
+            qtype: query.qtype,
+            qclass: query.qclass,
+            edns: query.edns,
+        }
+    }
+
+    /// The coalescing key: what makes two questions the same resolution and cache entry.
+    pub(crate) fn key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.qname.len() + 5);
+        key.extend(self.qname.iter().map(u8::to_ascii_lowercase));
+        key.extend_from_slice(&self.qtype.to_be_bytes());
+        key.extend_from_slice(&self.qclass.to_be_bytes());
+        let dnssec_ok = self.edns.is_some_and(|edns| edns.dnssec_ok);
+        key.push(u8::from(dnssec_ok) | (u8::from(self.flags & 0x0010 != 0) << 1));
+        key
+    }
+}
+
+/// A reply carrying only the header (and the question when the query was readable): FORMERR,
+/// NOTIMP, REFUSED, SERVFAIL.
+pub(crate) fn error_reply(
+    packet: &[u8],
+    question: Option<&ParsedQuery<'_>>,
+    rcode: u8,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let Some(header) = packet.get(..HEADER_LEN) else {
+        return;
+    };
+    out.extend_from_slice(header);
+    // QR set; keep opcode and RD; clear AA, TC; RA set; keep CD; rcode.
+    out[2] = 0x80 | (header[2] & 0x79);
+    out[3] = 0x80 | (header[3] & 0x10) | (rcode & 0x0F);
+    out[4..HEADER_LEN].fill(0);
+    if let Some(query) = question {
+        out[5] = 1;
+        out.extend_from_slice(query.qname_wire());
+        out.extend_from_slice(&query.qtype.to_be_bytes());
+        out.extend_from_slice(&query.qclass.to_be_bytes());
+        if query.edns.is_some() {
+            append_opt(out, query.dnssec_ok(), 0);
+        }
+    }
+}
+
+/// BADVERS for an EDNS version we do not speak (RFC 6891 6.1.3).
+pub(crate) fn badvers_reply(packet: &[u8], query: &ParsedQuery<'_>, out: &mut Vec<u8>) {
+    error_reply(packet, None, 0, out);
+    if out.len() == HEADER_LEN {
+        out[5] = 1;
+        out.extend_from_slice(query.qname_wire());
+        out.extend_from_slice(&query.qtype.to_be_bytes());
+        out.extend_from_slice(&query.qclass.to_be_bytes());
+        append_opt(out, query.dnssec_ok(), EXTENDED_RCODE_BADVERS);
+    }
+}
+
+/// Append our OPT record and count it in ARCOUNT.
+fn append_opt(out: &mut Vec<u8>, dnssec_ok: bool, extended_rcode: u8) {
+    out.push(0); // root owner
+    out.extend_from_slice(&41u16.to_be_bytes());
+    out.extend_from_slice(&OUR_EDNS_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&[extended_rcode, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
+    out.extend_from_slice(&0u16.to_be_bytes());
+    let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+    out[10..12].copy_from_slice(&arcount.to_be_bytes());
+}
+
+/// The UDP payload size we advertise in our OPT records.
+const OUR_EDNS_PAYLOAD: u16 = 1232;
+
+/// Turn a cached or templated answer (without OPT) into what this client receives: an OPT if
+/// it sent one, and TC with empty sections when it exceeds `max_len`.
+/// `edns` is the client's DO bit when it sent an OPT record. Returns whether it truncated.
+pub(crate) fn finish(
+    out: &mut Vec<u8>,
+    qname_len: usize,
+    edns: Option<bool>,
+    max_len: usize,
+) -> bool {
+    if let Some(dnssec_ok) = edns {
+        append_opt(out, dnssec_ok, 0);
+    }
+    if out.len() <= max_len {
+        return false;
+    }
+    out.truncate(HEADER_LEN + qname_len + 4);
+    out[2] |= 0x02;
+    out[6..HEADER_LEN].fill(0);
+    if let Some(dnssec_ok) = edns {
+        append_opt(out, dnssec_ok, 0);
+    }
+    true
+}
+
+/// Copy `template` (an answer encoded once for a question) into `out` for one client: its ID,
+/// its RD bit, its spelling of the name.
+pub(crate) fn personalise(template: &[u8], query: &ClientQuery, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(template);
+    if out.len() < HEADER_LEN + query.qname.len() {
+        return;
+    }
+    out[..2].copy_from_slice(&query.id.to_be_bytes());
+    out[2] = (out[2] & !0x01) | u8::from(query.flags & 0x0100 != 0);
+    out[HEADER_LEN..HEADER_LEN + query.qname.len()].copy_from_slice(&query.qname);
+}
+
+/// The question as hickory types, or None when the name does not decode (FORMERR material).
+pub(crate) fn question(query: &ClientQuery) -> Option<(Name, RecordType)> {
+    let mut decoder = BinDecoder::new(&query.qname);
+    let name = Name::read(&mut decoder).ok()?;
+    Some((name, RecordType::from(query.qtype)))
+}
+
+/// Encode a finished resolution for `query` (ID 0, no OPT): the template every waiter gets.
+pub(crate) fn encode_resolution(query: &ClientQuery, resolution: &Resolution) -> Option<Vec<u8>> {
+    let (name, record_type) = question(query)?;
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    message.metadata.recursion_available = true;
+    message.metadata.checking_disabled = query.flags & 0x0010 != 0;
+    message.metadata.response_code = resolution.rcode;
+    let mut question = Query::query(name, record_type);
+    question.set_query_class(DNSClass::from(query.qclass));
+    message.add_query(question);
+    message.add_answers(resolution.answers.iter().cloned());
+    message.add_authorities(resolution.authorities.iter().cloned());
+    message.to_vec().ok()
+}
+
+/// A SERVFAIL template (ID 0, question included, no OPT).
+pub(crate) fn servfail_template(query: &ClientQuery) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + query.qname.len() + 4);
+    out.extend_from_slice(&[0, 0, 0x80, 0x80 | RCODE_SERVFAIL, 0, 1, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&query.qname);
+    out.extend_from_slice(&query.qtype.to_be_bytes());
+    out.extend_from_slice(&query.qclass.to_be_bytes());
+    out
+}
+
+/// A minimal query with the same cache key as `query` (the packet cache keys on a query).
+pub(crate) fn cache_key_query(query: &ClientQuery) -> Vec<u8> {
+    let has_opt = query.edns.is_some();
+    let mut packet = Vec::with_capacity(HEADER_LEN + query.qname.len() + 15);
+    let flags = (query.flags & 0x0110).to_be_bytes();
+    packet.extend_from_slice(&[
+        0,
+        0,
+        flags[0],
+        flags[1],
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(has_opt),
+    ]);
+    packet.extend_from_slice(&query.qname);
+    packet.extend_from_slice(&query.qtype.to_be_bytes());
+    packet.extend_from_slice(&query.qclass.to_be_bytes());
+    if let Some(edns) = query.edns {
+        packet.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0]);
+        packet.extend_from_slice(&[if edns.dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet_cache::parse_query;
+
+    fn query_bytes(edns: bool) -> Vec<u8> {
+        let mut packet = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+        packet.extend_from_slice(b"\x03www\x07example\x00\x00\x01\x00\x01");
+        if edns {
+            packet.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0x80, 0, 0, 0]);
+        }
+        packet
+    }
+
+    #[test]
+    fn error_replies_echo_id_and_question() {
+        let packet = query_bytes(true);
+        let parsed = parse_query(&packet).unwrap();
+        let mut out = Vec::new();
+        error_reply(&packet, Some(&parsed), RCODE_REFUSED, &mut out);
+        assert_eq!(&out[..2], &[0x12, 0x34]);
+        assert_eq!(out[3] & 0x0F, RCODE_REFUSED);
+        assert_eq!(out[2] & 0x80, 0x80);
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.queries.len(), 1);
+        assert!(reply.edns.is_some());
+        error_reply(&packet[..5], None, RCODE_FORMERR, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn finish_truncates_over_the_limit_and_keeps_opt() {
+        let packet = query_bytes(true);
+        let parsed = parse_query(&packet).unwrap();
+        let client = ClientQuery::from_parsed(&parsed);
+        let mut out = servfail_template(&client);
+        out.resize(700, 0); // pretend records follow
+        out[7] = 5;
+        let truncated = finish(&mut out, client.qname.len(), Some(true), 512);
+        assert!(truncated);
+        let reply = Message::from_vec(&out).unwrap();
+        assert!(reply.metadata.truncation);
+        assert!(reply.answers.is_empty());
+        assert!(reply.edns.is_some());
+    }
+}

@@ -1,0 +1,742 @@
+//! `DnsServer` on loopback in front of an in-process hierarchy of authoritative servers.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
+
+use edgekit_dns::{
+    Clock, DnsServer, Resolver, ResolverConfig, RootHints, ServerConfig,
+    proto::{
+        op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+        rr::{Name, RData, RecordType},
+    },
+};
+use edgekit_testkit::dns::{Behaviour, DnsHierarchy, HierarchyBuilder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+};
+
+const ROOT: &str = "
+$TTL 86400
+@        IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
+@        IN NS  a.root.
+a.root.  IN A   127.0.0.2
+test.    IN NS  ns1.test.
+ns1.test. IN A  127.0.0.3
+";
+
+const TEST: &str = "
+$TTL 86400
+@             IN SOA ns1.test. hostmaster.test. 1 1800 900 604800 300
+@             IN NS  ns1.test.
+ns1           IN A   127.0.0.3
+example       IN NS  ns1.example.test.
+ns1.example   IN A   127.0.0.4
+";
+
+const EXAMPLE: &str = "
+$TTL 300
+@         IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@         IN NS  ns1.example.test.
+ns1       IN A   127.0.0.4
+www       IN A   192.0.2.1
+www2      IN A   192.0.2.2
+slow      IN A   192.0.2.3
+slow2     IN A   192.0.2.4
+short   2 IN A   192.0.2.20
+stale   1 IN A   192.0.2.30
+big       IN TXT \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"
+big       IN TXT \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"
+big       IN TXT \"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\"
+big       IN TXT \"dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd\"
+big       IN TXT \"eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee\"
+big       IN TXT \"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\"
+";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    hierarchy: DnsHierarchy,
+    server: DnsServer,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let hierarchy = HierarchyBuilder::new()
+            .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
+            .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
+            .server(
+                "ns1.example.test.",
+                Ipv4Addr::new(127, 0, 0, 4),
+                &[("example.test.", EXAMPLE)],
+            )
+            .start()
+            .await
+            .expect("the hierarchy starts");
+        let hints = RootHints::parse(hierarchy.root_hints()).expect("hints parse");
+        let resolver = Resolver::with_parts(
+            ResolverConfig::for_loopback_hierarchy(hierarchy.port()),
+            hints,
+            Clock::system(),
+        )
+        .expect("valid resolver config");
+        let mut config = ServerConfig::default();
+        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        config.udp_sockets_per_address = 2;
+        adjust(&mut config);
+        let server = DnsServer::start(config, resolver)
+            .await
+            .expect("the server starts");
+        Self { hierarchy, server }
+    }
+
+    fn udp(&self) -> SocketAddr {
+        self.server.udp_addresses()[0]
+    }
+
+    fn tcp(&self) -> SocketAddr {
+        self.server.tcp_addresses()[0]
+    }
+
+    /// Questions the leaf server received for `name`.
+    fn leaf_queries_for(&self, name: &str) -> usize {
+        self.hierarchy
+            .server("ns1.example.test.")
+            .queries()
+            .iter()
+            .filter(|query| query.name.to_ascii().eq_ignore_ascii_case(name))
+            .count()
+    }
+}
+
+fn query(id: u16, name: &str, record_type: RecordType, edns_payload: Option<u16>) -> Vec<u8> {
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_str(name).unwrap(), record_type));
+    if let Some(payload) = edns_payload {
+        let mut edns = Edns::new();
+        edns.set_max_payload(payload);
+        message.set_edns(edns);
+    }
+    message.to_vec().unwrap()
+}
+
+async fn udp_exchange(server: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(packet, server).await.unwrap();
+    let mut buffer = vec![0u8; 65_535];
+    let (length, _) = tokio::time::timeout(TIMEOUT, socket.recv_from(&mut buffer))
+        .await
+        .expect("the server answers within the timeout")
+        .unwrap();
+    buffer.truncate(length);
+    buffer
+}
+
+async fn udp_ask(server: SocketAddr, packet: &[u8]) -> Message {
+    Message::from_vec(&udp_exchange(server, packet).await).expect("the answer parses")
+}
+
+/// Send all `packets` in one write on one connection and read as many answers.
+async fn tcp_ask(server: SocketAddr, packets: &[Vec<u8>]) -> Vec<Message> {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let mut bytes = Vec::new();
+    for packet in packets {
+        bytes.extend_from_slice(&u16::try_from(packet.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(packet);
+    }
+    stream.write_all(&bytes).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in packets {
+        let mut length = [0u8; 2];
+        tokio::time::timeout(TIMEOUT, stream.read_exact(&mut length))
+            .await
+            .expect("the server answers within the timeout")
+            .unwrap();
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut body).await.unwrap();
+        answers.push(Message::from_vec(&body).expect("the answer parses"));
+    }
+    answers
+}
+
+fn a_addresses(message: &Message) -> Vec<Ipv4Addr> {
+    message
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_udp_then_from_the_packet_cache() {
+    let fixture = Fixture::start().await;
+    let first = udp_ask(
+        fixture.udp(),
+        &query(7, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(first.metadata.id, 7);
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    assert!(first.metadata.recursion_available);
+    assert_eq!(a_addresses(&first), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert_eq!(fixture.server.stats().cache_hits, 0);
+    let upstream_before = fixture.hierarchy.total_queries();
+
+    // Same question, different ID and case: served from the packet cache, no upstream query.
+    let mut shouted = query(8, "www.example.test.", RecordType::A, Some(1232));
+    shouted[13..16].copy_from_slice(b"WWW");
+    let raw = udp_exchange(fixture.udp(), &shouted).await;
+    assert_eq!(
+        &raw[12..17],
+        b"\x03WWW\x07",
+        "the client's spelling is echoed"
+    );
+    let second = Message::from_vec(&raw).unwrap();
+    assert_eq!(second.metadata.id, 8);
+    assert_eq!(a_addresses(&second), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert!(second.edns.is_some(), "an EDNS query gets an OPT back");
+    let stats = fixture.server.stats();
+    assert_eq!(stats.cache_hits, 1);
+    assert_eq!(stats.cache_misses, 1);
+    assert_eq!(fixture.hierarchy.total_queries(), upstream_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_pipelined_queries_over_tcp() {
+    let fixture = Fixture::start().await;
+    let answers = tcp_ask(
+        fixture.tcp(),
+        &[
+            query(1, "www.example.test.", RecordType::A, None),
+            query(2, "www2.example.test.", RecordType::A, None),
+            query(3, "nope.example.test.", RecordType::A, None),
+        ],
+    )
+    .await;
+    let mut by_id: Vec<_> = answers.iter().map(|answer| answer.metadata.id).collect();
+    by_id.sort_unstable();
+    assert_eq!(by_id, [1, 2, 3]);
+    for answer in &answers {
+        match answer.metadata.id {
+            1 => assert_eq!(a_addresses(answer), [Ipv4Addr::new(192, 0, 2, 1)]),
+            2 => assert_eq!(a_addresses(answer), [Ipv4Addr::new(192, 0, 2, 2)]),
+            _ => assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unsupported_queries_get_formerr_and_notimp() {
+    let fixture = Fixture::start().await;
+    // A header announcing a question that is not there.
+    let garbage = [0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x3F, b'x'];
+    let reply = udp_ask(fixture.udp(), &garbage).await;
+    assert_eq!(reply.metadata.id, 0xABCD);
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+
+    let mut status = query(9, "www.example.test.", RecordType::A, None);
+    status[2] |= 2 << 3; // opcode STATUS
+    let reply = udp_ask(fixture.udp(), &status).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+
+    let mut badvers = query(10, "www.example.test.", RecordType::A, Some(1232));
+    let version_at = badvers.len() - 5; // OPT TTL: ext-rcode, version, flags
+    badvers[version_at] = 1;
+    let reply = udp_ask(fixture.udp(), &badvers).await;
+    assert_eq!(reply.metadata.id, 10);
+    // Extended rcode 16 (BADVERS; hickory names the shared value BADSIG).
+    assert_eq!(u16::from(reply.metadata.response_code), 16);
+
+    let stats = fixture.server.stats();
+    assert_eq!((stats.formerr, stats.notimp, stats.badvers), (1, 1, 1));
+    assert_eq!(stats.resolutions, 0, "nothing malformed reached the engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_are_truncated_for_small_client_buffers() {
+    let fixture = Fixture::start().await;
+    let small = udp_ask(
+        fixture.udp(),
+        &query(1, "big.example.test.", RecordType::TXT, None),
+    )
+    .await;
+    assert!(
+        small.metadata.truncation,
+        "over 512 bytes without EDNS sets TC"
+    );
+    assert!(small.answers.is_empty());
+    assert_eq!(small.queries.len(), 1);
+
+    // Now cached: the hit path truncates too, and a large EDNS buffer or TCP gets it all.
+    let again = udp_ask(
+        fixture.udp(),
+        &query(2, "big.example.test.", RecordType::TXT, None),
+    )
+    .await;
+    assert!(again.metadata.truncation);
+    let large = udp_ask(
+        fixture.udp(),
+        &query(3, "big.example.test.", RecordType::TXT, Some(1232)),
+    )
+    .await;
+    assert!(!large.metadata.truncation);
+    assert_eq!(large.answers.len(), 6);
+    let over_tcp = tcp_ask(
+        fixture.tcp(),
+        &[query(4, "big.example.test.", RecordType::TXT, None)],
+    )
+    .await;
+    assert_eq!(over_tcp[0].answers.len(), 6);
+    assert!(fixture.server.stats().truncated >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_the_acl_are_refused() {
+    let fixture = Fixture::with(|config| {
+        config.allow = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    let reply = udp_ask(
+        fixture.udp(),
+        &query(5, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    assert!(reply.answers.is_empty());
+    assert_eq!(
+        fixture.hierarchy.total_queries(),
+        0,
+        "refused queries go nowhere"
+    );
+    assert_eq!(fixture.server.stats().refused, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_questions_share_one_resolution() {
+    let fixture = Fixture::start().await;
+    // Slow leaf: every client's query arrives while the first resolution is still running.
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            delay: Some(Duration::from_millis(150)),
+            ..Behaviour::default()
+        });
+    const CLIENTS: u16 = 20;
+    let server = fixture.udp();
+    let asks: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(async move {
+                udp_ask(
+                    server,
+                    &query(id, "slow.example.test.", RecordType::A, None),
+                )
+                .await
+            })
+        })
+        .collect();
+    for ask in asks {
+        let answer = ask.await.unwrap();
+        assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 3)]);
+    }
+    assert_eq!(fixture.leaf_queries_for("slow.example.test."), 1);
+    let stats = fixture.server.stats();
+    assert_eq!(stats.resolutions, 1);
+    assert_eq!(stats.coalesced + stats.cache_hits, u64::from(CLIENTS) - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_past_the_resolution_bound_get_servfail() {
+    let fixture = Fixture::with(|config| {
+        config.max_concurrent_resolutions = 1;
+        config.max_pending_queries = 1;
+    })
+    .await;
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            delay: Some(Duration::from_millis(150)),
+            ..Behaviour::default()
+        });
+    let server = fixture.udp();
+    let first = tokio::spawn(async move {
+        udp_ask(server, &query(1, "slow.example.test.", RecordType::A, None)).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = udp_ask(
+        server,
+        &query(2, "slow2.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
+    let first = first.await.unwrap();
+    assert_eq!(a_addresses(&first), [Ipv4Addr::new(192, 0, 2, 3)]);
+    assert!(fixture.server.stats().overloaded >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_answering_after_a_flood_of_garbage_and_queries() {
+    let fixture = Fixture::start().await;
+    let server = fixture.udp();
+    // Warm the cache so valid flood queries are hits.
+    udp_ask(server, &query(1, "www.example.test.", RecordType::A, None)).await;
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 400;
+    let floods: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let mut state = 0x9E37_79B9_u32.wrapping_mul(sender as u32 + 1);
+                let valid = query(2, "www.example.test.", RecordType::A, None);
+                for round in 0..PER_SENDER {
+                    if round % 2 == 0 {
+                        let length = (state % 80) as usize;
+                        let garbage: Vec<u8> = (0..length)
+                            .map(|_| {
+                                state ^= state << 13;
+                                state ^= state >> 17;
+                                state ^= state << 5;
+                                state as u8
+                            })
+                            .collect();
+                        let _ = socket.send_to(&garbage, server).await;
+                    } else {
+                        let _ = socket.send_to(&valid, server).await;
+                    }
+                    // Drain what has arrived so the client's own buffer does not fill.
+                    let mut buffer = [0u8; 4096];
+                    while socket.try_recv_from(&mut buffer).is_ok() {}
+                }
+            })
+        })
+        .collect();
+    for flood in floods {
+        flood.await.unwrap();
+    }
+    let after = udp_ask(server, &query(3, "www2.example.test.", RecordType::A, None)).await;
+    assert_eq!(a_addresses(&after), [Ipv4Addr::new(192, 0, 2, 2)]);
+    // The other sockets' backlog may still be being worked through; UDP may drop some.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fixture.server.stats().queries <= (SENDERS * PER_SENDER / 2) as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "most of the flood was processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = fixture.server.stats();
+    assert!(stats.cache_hits > 0);
+    assert!(stats.formerr + stats.dropped > 0);
+    // Garbage never reaches the cache: it holds only the two real answers.
+    assert!(fixture.server.packet_cache_len() <= 2);
+    let tcp_after = tcp_ask(
+        fixture.tcp(),
+        &[query(4, "www.example.test.", RecordType::A, None)],
+    )
+    .await;
+    assert_eq!(a_addresses(&tcp_after[0]), [Ipv4Addr::new(192, 0, 2, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tcp_frame_closes_only_that_connection() {
+    let fixture = Fixture::start().await;
+    let mut bad = TcpStream::connect(fixture.tcp()).await.unwrap();
+    bad.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(TIMEOUT, bad.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection is closed");
+    let good = tcp_ask(
+        fixture.tcp(),
+        &[query(1, "www.example.test.", RecordType::A, None)],
+    )
+    .await;
+    assert_eq!(a_addresses(&good[0]), [Ipv4Addr::new(192, 0, 2, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_and_stops_answering() {
+    let fixture = Fixture::start().await;
+    let server = fixture.udp();
+    udp_ask(server, &query(1, "www.example.test.", RecordType::A, None)).await;
+    let Fixture {
+        hierarchy,
+        server: dns,
+    } = fixture;
+    assert!(dns.shutdown(Duration::from_secs(2)).await);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&query(2, "www.example.test.", RecordType::A, None), server)
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    let reply =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer)).await;
+    assert!(!matches!(reply, Ok(Ok(_))), "no answer after shutdown");
+    drop(hierarchy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_use_names_are_answered_locally() {
+    let fixture = Fixture::start().await;
+    let localhost = udp_ask(fixture.udp(), &query(1, "localhost.", RecordType::A, None)).await;
+    assert_eq!(a_addresses(&localhost), [Ipv4Addr::LOCALHOST]);
+    assert_eq!(localhost.metadata.id, 1);
+    let invalid = udp_ask(
+        fixture.udp(),
+        &query(2, "www.invalid.", RecordType::A, Some(1232)),
+    )
+    .await;
+    assert_eq!(invalid.metadata.response_code, ResponseCode::NXDomain);
+    assert!(invalid.edns.is_some());
+    let private = udp_ask(
+        fixture.udp(),
+        &query(3, "4.3.2.10.in-addr.arpa.", RecordType::PTR, None),
+    )
+    .await;
+    assert_eq!(private.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        fixture.hierarchy.total_queries(),
+        0,
+        "nothing went upstream"
+    );
+    let stats = fixture.server.stats();
+    assert_eq!((stats.local_answers, stats.resolutions), (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_closed() {
+    let fixture = Fixture::with(|config| config.tcp_idle_timeout_ms = 200).await;
+    let mut idle = TcpStream::connect(fixture.tcp()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(TIMEOUT, idle.read(&mut byte))
+        .await
+        .expect("the server closes an idle connection well before the test timeout");
+    assert!(matches!(read, Ok(0) | Err(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_past_the_bound_are_closed_on_accept() {
+    let fixture = Fixture::with(|config| config.max_tcp_connections = 1).await;
+    let mut held = TcpStream::connect(fixture.tcp()).await.unwrap();
+    // Prove the first connection is being served before opening the second.
+    let mut frame = query(1, "localhost.", RecordType::A, None);
+    frame.splice(0..0, u16::try_from(frame.len()).unwrap().to_be_bytes());
+    held.write_all(&frame).await.unwrap();
+    let mut length = [0u8; 2];
+    tokio::time::timeout(TIMEOUT, held.read_exact(&mut length))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut second = TcpStream::connect(fixture.tcp()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(TIMEOUT, second.read(&mut byte))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the second connection is closed"
+    );
+    assert_eq!(fixture.server.stats().tcp_rejected, 1);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_queries_hits_rcodes_and_resolution_time() {
+    let fixture = Fixture::with(|config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    udp_ask(
+        fixture.udp(),
+        &query(1, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    udp_ask(
+        fixture.udp(),
+        &query(2, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    udp_ask(
+        fixture.udp(),
+        &query(3, "nope.example.test.", RecordType::A, None),
+    )
+    .await;
+    let upstream = fixture.server.resolver().stats().upstream_queries;
+
+    let address = fixture.server.metrics_address().expect("metrics are on");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: edgekit\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    for line in [
+        "edgekit_dns_queries_total 3".to_string(),
+        "edgekit_dns_cache_hits_total 1".to_string(),
+        "edgekit_dns_cache_misses_total 2".to_string(),
+        "edgekit_dns_replies_total{rcode=\"NOERROR\"} 2".to_string(),
+        "edgekit_dns_replies_total{rcode=\"NXDOMAIN\"} 1".to_string(),
+        "edgekit_dns_resolution_seconds_count 2".to_string(),
+        format!("edgekit_dns_upstream_queries_total {upstream}"),
+    ] {
+        assert!(response.contains(&line), "missing {line:?} in:\n{response}");
+    }
+    assert!(upstream >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_asked_for_close_to_expiry_are_prefetched() {
+    let fixture = Fixture::with(|config| config.prefetch_percent = 60).await;
+    let started = std::time::Instant::now();
+    let short = query(1, "short.example.test.", RecordType::A, None);
+    let server = fixture.udp();
+    let ask = || udp_ask(server, &short);
+    assert_eq!(a_addresses(&ask().await), [Ipv4Addr::new(192, 0, 2, 20)]);
+    assert_eq!(fixture.leaf_queries_for("short.example.test."), 1);
+    // Past 40% of the 2 s lifetime, less than 60% is left: the hit triggers a refresh.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a_addresses(&ask().await), [Ipv4Addr::new(192, 0, 2, 20)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while fixture.leaf_queries_for("short.example.test.") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prefetch reached the leaf"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // After the first answer's 2 s have run out, the refreshed one is still served from cache.
+    tokio::time::sleep(Duration::from_millis(2400).saturating_sub(started.elapsed())).await;
+    assert_eq!(a_addresses(&ask().await), [Ipv4Addr::new(192, 0, 2, 20)]);
+    let stats = fixture.server.stats();
+    assert_eq!(stats.cache_misses, 1, "only the first query missed");
+    assert_eq!(stats.cache_hits, 2);
+    assert!(stats.prefetches >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_answers_are_served_stale_when_the_authority_dies() {
+    let fixture = Fixture::with(|config| {
+        config.serve_stale_max_seconds = 60;
+        config.stale_client_timeout_ms = 300;
+        config.prefetch_percent = 0;
+    })
+    .await;
+    let stale = query(1, "stale.example.test.", RecordType::A, None);
+    let fresh = udp_ask(fixture.udp(), &stale).await;
+    assert_eq!(a_addresses(&fresh), [Ipv4Addr::new(192, 0, 2, 30)]);
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            drop: true,
+            ..Behaviour::default()
+        });
+    // The 1 s TTL runs out; the leaf no longer answers.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let answer = udp_ask(fixture.udp(), &stale).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 30)]);
+    assert_eq!(answer.answers[0].ttl, 30, "stale answers carry a 30 s TTL");
+    let stats = fixture.server.stats();
+    assert_eq!(stats.stale_answers, 1);
+    assert_eq!(stats.cache_misses, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_the_acl_and_keeps_the_cache() {
+    let fixture = Fixture::start().await;
+    let www = query(1, "www.example.test.", RecordType::A, None);
+    udp_ask(fixture.udp(), &www).await;
+    let upstream = fixture.hierarchy.total_queries();
+
+    let mut config = ServerConfig::default();
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()]; // as started
+    config.udp_sockets_per_address = 2;
+    config.allow = Some(vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "127.0.0.0/8".parse().unwrap(),
+    ]);
+    config.max_tcp_connections = 7;
+    let needs_restart = fixture.server.reload(config.clone()).unwrap();
+    assert_eq!(needs_restart, ["max_tcp_connections"]);
+    let cached = udp_ask(fixture.udp(), &www).await;
+    assert_eq!(a_addresses(&cached), [Ipv4Addr::new(192, 0, 2, 1)]);
+    assert_eq!(
+        fixture.server.stats().cache_hits,
+        1,
+        "the cache survived the reload"
+    );
+    assert_eq!(fixture.hierarchy.total_queries(), upstream);
+
+    config.allow = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+    fixture.server.reload(config.clone()).unwrap();
+    let refused = udp_ask(fixture.udp(), &www).await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+
+    config.max_udp_payload = 10;
+    assert!(
+        fixture.server.reload(config).is_err(),
+        "bad values are rejected"
+    );
+    let still_refused = udp_ask(fixture.udp(), &www).await;
+    assert_eq!(still_refused.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_their_rate_limit_are_dropped() {
+    let fixture = Fixture::with(|config| {
+        config.rate_limit_per_client = 2;
+        config.rate_limit_burst = 5;
+    })
+    .await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const SENT: u16 = 20;
+    for id in 0..SENT {
+        socket
+            .send_to(&query(id, "localhost.", RecordType::A, None), fixture.udp())
+            .await
+            .unwrap();
+    }
+    let mut answered = 0;
+    let mut buffer = [0u8; 512];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buffer)).await
+    {
+        answered += 1;
+    }
+    // The burst of 5, plus at most one refill token while the 20 were being sent.
+    assert!((5..=6).contains(&answered), "answered {answered}");
+    let stats = fixture.server.stats();
+    assert_eq!(stats.rate_limited, u64::from(SENT) - answered);
+    // Another client address has its own bucket.
+    let other = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    other
+        .send_to(&query(99, "localhost.", RecordType::A, None), fixture.udp())
+        .await
+        .unwrap();
+    let (length, _) = tokio::time::timeout(TIMEOUT, other.recv_from(&mut buffer))
+        .await
+        .expect("another client is answered")
+        .unwrap();
+    let reply = Message::from_vec(&buffer[..length]).unwrap();
+    assert_eq!(a_addresses(&reply), [Ipv4Addr::LOCALHOST]);
+}
