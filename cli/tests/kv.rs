@@ -728,3 +728,121 @@ fn garbage_on_the_replication_port_closes_that_connection_only() {
         assert_converged(&client, &root, &replica, "replica").await;
     });
 }
+
+/// A small seeded generator (xorshift64*), so a failing fault schedule can be replayed.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+#[test]
+fn a_relay_behind_a_flaky_link_converges_with_every_acknowledged_write() {
+    const SEED: u64 = 0x5eed_cafe_f00d_0008;
+    const ROUNDS: usize = 40;
+    const MAX_CUTS: usize = 10;
+    const MAX_STALLS: usize = 6;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A multi-threaded runtime: the proxy must keep forwarding while this thread blocks on a
+    // starting process (the relay bootstraps through the proxy before it prints its address).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = start_node(dirs[0].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let root_repl = root.repl.expect("the root serves replication");
+    let proxy = runtime
+        .block_on(edgekit_testkit::FaultProxy::start(root_repl))
+        .unwrap();
+    let via_proxy = proxy.listen_addr().to_string();
+    let client = reqwest::Client::new();
+    runtime.block_on(write_batches(&client, &root, 0, 2));
+    let relay = start_node(
+        dirs[1].path(),
+        &[
+            "--upstream",
+            via_proxy.as_str(),
+            "--repl-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let relay_repl = relay
+        .repl
+        .expect("the relay serves replication")
+        .to_string();
+    let leaf = start_node(dirs[2].path(), &["--upstream", relay_repl.as_str()]);
+    let mut schedule = Schedule(SEED);
+    let (mut cuts, mut stalls, mut long_stall_done) = (0, 0, false);
+    let mut acknowledged = 2;
+    runtime.block_on(async {
+        for round in 0..ROUNDS {
+            write_batches(&client, &root, 2 + round, 1).await;
+            acknowledged += 1;
+            match schedule.below(6) {
+                0 | 1 if cuts < MAX_CUTS => {
+                    proxy.cut();
+                    cuts += 1;
+                }
+                2 if stalls < MAX_STALLS => {
+                    // Mostly short stalls; once, one longer than the replica's 5 s silence
+                    // limit, so the relay must notice a stuck (not closed) link by itself.
+                    let stall_ms = if long_stall_done {
+                        100 + schedule.below(1400)
+                    } else {
+                        long_stall_done = true;
+                        6_000
+                    };
+                    proxy.set_stalled(true);
+                    write_batches(&client, &root, 1000 + round, 1).await;
+                    acknowledged += 1;
+                    tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+                    proxy.set_stalled(false);
+                    stalls += 1;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(schedule.below(50))).await,
+            }
+        }
+        assert!(
+            cuts > 0 && stalls > 0,
+            "seed {SEED:#x}: the schedule injected no faults"
+        );
+        assert_converged(&client, &root, &relay, "relay").await;
+        assert_converged(&client, &root, &leaf, "leaf").await;
+        // assert_converged compared contents with the root's; the root holds every write it
+        // acknowledged, so the leaf does too.
+        let leaf_keys: Value = client
+            .get(format!(
+                "http://{}/v1/kv?prefix=tree/&limit=10000",
+                leaf.addr
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            leaf_keys["items"].as_array().unwrap().len(),
+            acknowledged * 50
+        );
+        // The link really was re-established after the faults.
+        assert!(
+            proxy.connections_accepted() > 1,
+            "seed {SEED:#x}: {} connections through the proxy",
+            proxy.connections_accepted()
+        );
+        let relay_status = status_of(&client, &relay).await;
+        assert_eq!(relay_status["stopped"], Value::Null, "{relay_status}");
+    });
+    drop(proxy);
+}
