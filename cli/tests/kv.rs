@@ -620,6 +620,28 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
             .success()
             .stdout(predicate::str::starts_with("digests match at seq "));
 
+        // Bootstrap progress is in the status, as JSON and as text.
+        let new_leaf_status = status_of(&client, &new_leaf).await;
+        assert_eq!(
+            new_leaf_status["bootstrap"]["completed"], 1,
+            "{new_leaf_status}"
+        );
+        assert_eq!(new_leaf_status["bootstrap"]["active"], false);
+        assert!(
+            new_leaf_status["bootstrap"]["received_bytes"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        edgekit()
+            .args(["kv", "status", "--node", &new_leaf.addr.to_string()])
+            .assert()
+            .success()
+            .stdout(
+                predicate::str::contains("bootstrap  idle, ")
+                    .and(predicate::str::contains(" 1 completed")),
+            );
+
         // Replicas are read-only, and say where writes go.
         let (status, message) = error_of(
             client

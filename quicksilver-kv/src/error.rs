@@ -97,6 +97,10 @@ pub enum Error {
         /// Whether retrying cannot help.
         fatal: bool,
     },
+    /// The upstream no longer holds this replica's position in its log (retention truncated
+    /// it): the replica must fetch a snapshot, which [`crate::follow`] does in place.
+    #[error("replication: the upstream truncated this replica's position: {0}")]
+    NeedsSnapshot(String),
     /// The store's committer has shut down (the store is closing).
     #[error("the store is closed")]
     Closed,

@@ -466,6 +466,11 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         answer["ms_since_upstream_heard"] = json!(status.millis_since_heard());
         answer["received_bytes"] = Value::from(status.received_bytes());
         answer["stopped"] = json!(status.stopped_reason());
+        answer["bootstrap"] = json!({
+            "active": status.is_bootstrapping(),
+            "received_bytes": status.bootstrap_received_bytes(),
+            "completed": status.bootstraps_completed(),
+        });
     }
     Ok(Json(answer))
 }

@@ -58,6 +58,9 @@ pub struct ReplicaStatus {
     connected: AtomicBool,
     received_bytes: AtomicU64,
     stopped: Mutex<Option<String>>,
+    bootstrapping: AtomicBool,
+    bootstrap_received: AtomicU64,
+    bootstraps: AtomicU64,
 }
 
 impl ReplicaStatus {
@@ -70,6 +73,9 @@ impl ReplicaStatus {
             connected: AtomicBool::new(false),
             received_bytes: AtomicU64::new(0),
             stopped: Mutex::new(None),
+            bootstrapping: AtomicBool::new(false),
+            bootstrap_received: AtomicU64::new(0),
+            bootstraps: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +110,22 @@ impl ReplicaStatus {
     /// Why replication stopped for good (a tampered entry, a foreign cluster...), if it did.
     pub fn stopped_reason(&self) -> Option<String> {
         self.stopped.lock().clone()
+    }
+
+    /// Whether a snapshot is being received right now (a first bootstrap, or a re-bootstrap
+    /// after the upstream truncated this replica's position).
+    pub fn is_bootstrapping(&self) -> bool {
+        self.bootstrapping.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot bytes received by the current (or last) bootstrap.
+    pub fn bootstrap_received_bytes(&self) -> u64 {
+        self.bootstrap_received.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots received and committed since the process started.
+    pub fn bootstraps_completed(&self) -> u64 {
+        self.bootstraps.load(Ordering::Relaxed)
     }
 
     fn heard(&self, head: u64) {
@@ -379,6 +401,9 @@ fn hello(cluster: [u8; 16], after: u64, chain: [u8; 32]) -> Vec<u8> {
 fn upstream_error(payload: &[u8]) -> Error {
     let code = payload.first().copied().unwrap_or(0);
     let message = String::from_utf8_lossy(payload.get(1..).unwrap_or_default()).into_owned();
+    if code == E_COMPACTED {
+        return Error::NeedsSnapshot(message);
+    }
     Error::Replication {
         message: format!("upstream refused: {message}"),
         // A replica ahead of a relay that is still catching up can simply retry.
@@ -428,11 +453,57 @@ async fn bootstrap_once(
     upstream: SocketAddr,
     status: &ReplicaStatus,
 ) -> Result<Store, Error> {
+    let partial = partial_snapshot_path(dir);
+    let received = download_snapshot(upstream, &partial, status, None).await?;
+    let dir = dir.to_path_buf();
+    let restored = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&partial)?;
+        let result = Store::restore(&dir, file, config);
+        let _ = std::fs::remove_file(&partial);
+        result
+    })
+    .await
+    .map_err(|_| Error::Closed)?;
+    let (store, info) = restored?;
+    status.bootstraps.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        seq = info.seq,
+        pairs = info.pairs,
+        bytes = received,
+        "replica bootstrapped from a snapshot"
+    );
+    Ok(store)
+}
+
+/// Ask `upstream` for a snapshot and write it to `path`; returns the bytes received. With
+/// `cluster`, an upstream of another cluster is refused before anything is downloaded.
+async fn download_snapshot(
+    upstream: SocketAddr,
+    path: &Path,
+    status: &ReplicaStatus,
+    cluster: Option<[u8; 16]>,
+) -> Result<u64, Error> {
+    status.bootstrapping.store(true, Ordering::Relaxed);
+    status.bootstrap_received.store(0, Ordering::Relaxed);
+    let result = download_snapshot_inner(upstream, path, status, cluster).await;
+    status.bootstrapping.store(false, Ordering::Relaxed);
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    result
+}
+
+async fn download_snapshot_inner(
+    upstream: SocketAddr,
+    path: &Path,
+    status: &ReplicaStatus,
+    cluster: Option<[u8; 16]>,
+) -> Result<u64, Error> {
     let socket = connect(upstream).await?;
     let (mut input, mut output) = socket.into_split();
+    // A HELLO with cluster id 0 asks for a snapshot (see docs/kv-replication.md).
     write_frame(&mut output, T_HELLO, &hello([0; 16], 0, [0; 32])).await?;
-    let partial = partial_snapshot_path(dir);
-    let mut file = tokio::fs::File::create(&partial).await?;
+    let mut file = tokio::fs::File::create(path).await?;
     let mut received = 0u64;
     loop {
         let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut input))
@@ -442,9 +513,25 @@ async fn bootstrap_once(
             .received_bytes
             .fetch_add(payload.len() as u64 + 5, Ordering::Relaxed);
         match kind {
-            T_WELCOME => status.heard(u64_at(&payload, 18)?),
+            T_WELCOME => {
+                let theirs: [u8; 16] = array_at(&payload, 2)?;
+                if let Some(ours) = cluster
+                    && ours != theirs
+                {
+                    return Err(Error::Replication {
+                        message: format!(
+                            "upstream belongs to cluster {}, this replica to {}",
+                            crate::hex::encode(&theirs),
+                            crate::hex::encode(&ours)
+                        ),
+                        fatal: true,
+                    });
+                }
+                status.heard(u64_at(&payload, 18)?);
+            }
             T_SNAPSHOT_CHUNK => {
                 received += payload.len() as u64;
+                status.bootstrap_received.store(received, Ordering::Relaxed);
                 file.write_all(&payload).await?;
                 tracing::debug!(received, "bootstrap snapshot progress");
             }
@@ -458,24 +545,38 @@ async fn bootstrap_once(
         }
     }
     file.sync_all().await?;
-    drop(file);
-    let dir = dir.to_path_buf();
-    let restored = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&partial)?;
-        let result = Store::restore(&dir, file, config);
-        let _ = std::fs::remove_file(&partial);
-        result
-    })
-    .await
-    .map_err(|_| Error::Closed)?;
-    let (store, info) = restored?;
+    Ok(received)
+}
+
+/// Re-bootstrap a replica in place: download a snapshot next to the store, then swap the
+/// store's state for it in one transaction, so reads see the old state until the new one is
+/// committed.
+async fn rebootstrap(
+    store: &Store,
+    upstream: SocketAddr,
+    status: &ReplicaStatus,
+) -> Result<(), Error> {
+    let cluster = {
+        let reader = store.reader().clone();
+        tokio::task::spawn_blocking(move || reader.head())
+            .await
+            .map_err(|_| Error::Closed)??
+            .cluster_id
+    };
+    let partial = store.reader().env.path().join("rebootstrap.snapshot");
+    let received = download_snapshot(upstream, &partial, status, Some(cluster)).await?;
+    let file = std::fs::File::open(&partial)?;
+    let replaced = store.replace_from_snapshot(file).await;
+    let _ = tokio::fs::remove_file(&partial).await;
+    let info = replaced?;
+    status.bootstraps.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         seq = info.seq,
         pairs = info.pairs,
         bytes = received,
-        "replica bootstrapped from a snapshot"
+        "replica re-bootstrapped in place from a snapshot"
     );
-    Ok(store)
+    Ok(())
 }
 
 fn partial_snapshot_path(dir: &Path) -> PathBuf {
@@ -515,6 +616,19 @@ pub async fn follow(store: Store, upstream: SocketAddr, status: Arc<ReplicaStatu
         let err = match result {
             Ok(()) => protocol("upstream closed the connection"),
             Err(err) => err,
+        };
+        let err = match err {
+            Error::NeedsSnapshot(reason) => {
+                tracing::warn!(%upstream, %reason, "position truncated upstream; re-bootstrapping in place");
+                match rebootstrap(&store, upstream, &status).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Err(err) => err,
+                }
+            }
+            other => other,
         };
         if err.is_corrupt() || matches!(err, Error::Replication { fatal: true, .. }) {
             tracing::error!(%upstream, error = %err, "replication stopped: refusing this upstream's stream");

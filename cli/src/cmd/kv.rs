@@ -453,6 +453,18 @@ async fn status(args: NodeArgs, out: &mut impl Write) -> anyhow::Result<()> {
             .map_or_else(|| value.to_string(), str::to_owned);
         writeln!(out, "{field:<11}{shown}")?;
     }
+    if let Some(bootstrap) = answer.get("bootstrap") {
+        let state = if bootstrap["active"] == true {
+            "receiving a snapshot"
+        } else {
+            "idle"
+        };
+        writeln!(
+            out,
+            "{:<11}{state}, {} bytes received, {} completed",
+            "bootstrap", bootstrap["received_bytes"], bootstrap["completed"]
+        )?;
+    }
     Ok(())
 }
 
