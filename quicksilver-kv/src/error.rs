@@ -97,6 +97,9 @@ pub enum Error {
         /// Whether retrying cannot help.
         fatal: bool,
     },
+    /// Bytes received on a replication link are not a valid frame; the connection is closed.
+    #[error("replication: bad frame: {0}")]
+    BadFrame(#[from] crate::FrameError),
     /// The upstream no longer holds this replica's position in its log (retention truncated
     /// it): the replica must fetch a snapshot, which [`crate::follow`] does in place.
     #[error("replication: the upstream truncated this replica's position: {0}")]

@@ -18,13 +18,13 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{Error, LogRecord, Store, StoreConfig};
+use crate::{
+    Error, Store, StoreConfig,
+    frame::{Frame, check_frame_len, parse_frame},
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
-const MAGIC: &[u8; 8] = b"QSKVREPL";
-/// Largest frame accepted (a record holds at most one batch; batches are at most 64 MiB).
-pub const MAX_FRAME_LEN: usize = (64 << 20) + 1024;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A replica that hears nothing for this long reconnects.
@@ -32,14 +32,6 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 const RECORDS_PER_READ: usize = 256;
 /// Replicated records queued at the committer before the replica waits for the oldest.
 const MAX_IN_FLIGHT: usize = 4096;
-
-const T_HELLO: u8 = 0x01;
-const T_WELCOME: u8 = 0x02;
-const T_RECORD: u8 = 0x03;
-const T_HEARTBEAT: u8 = 0x04;
-const T_SNAPSHOT_CHUNK: u8 = 0x05;
-const T_SNAPSHOT_END: u8 = 0x06;
-const T_ERROR: u8 = 0x07;
 
 /// Why an upstream refused a replica (the `ERROR` frame's code).
 const E_VERSION: u8 = 1;
@@ -134,6 +126,22 @@ impl ReplicaStatus {
     }
 }
 
+/// Count a received frame's size on the wire (5-byte header plus payload).
+fn count_received(status: &ReplicaStatus, frame: &Frame) {
+    let payload = match frame {
+        Frame::Record(record) => 40 + record.entry.len(),
+        Frame::SnapshotChunk(bytes) => bytes.len(),
+        Frame::Error { message, .. } => 1 + message.len(),
+        Frame::Hello { .. } => 66,
+        Frame::Welcome { .. } => 26,
+        Frame::Heartbeat { .. } => 16,
+        Frame::SnapshotEnd { .. } => 8,
+    };
+    status
+        .received_bytes
+        .fetch_add(payload as u64 + 5, Ordering::Relaxed);
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,43 +155,18 @@ fn protocol(message: impl Into<String>) -> Error {
     }
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    kind: u8,
-    payload: &[u8],
-) -> Result<(), Error> {
-    let len = u32::try_from(payload.len() + 1).map_err(|_| protocol("frame too large"))?;
-    out.write_all(&len.to_be_bytes()).await?;
-    out.write_all(&[kind]).await?;
-    out.write_all(payload).await?;
+async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &Frame) -> Result<(), Error> {
+    out.write_all(&frame.encode()).await?;
     Ok(())
 }
 
-/// Read one frame; a length over [`MAX_FRAME_LEN`] or zero closes the connection.
-async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<(u8, Vec<u8>), Error> {
-    let len = input.read_u32().await? as usize;
-    if len == 0 || len > MAX_FRAME_LEN {
-        return Err(protocol(format!("frame length {len} out of bounds")));
-    }
+/// Read one frame; a bad length, type or payload closes the connection (the caller drops it).
+async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Frame, Error> {
+    let len = check_frame_len(input.read_u32().await?)?;
     let kind = input.read_u8().await?;
     let mut payload = vec![0; len - 1];
     input.read_exact(&mut payload).await?;
-    Ok((kind, payload))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> Result<u64, Error> {
-    bytes
-        .get(at..at + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| protocol("frame too short"))
-}
-
-fn array_at<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], Error> {
-    bytes
-        .get(at..at + N)
-        .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .ok_or_else(|| protocol("frame too short"))
+    Ok(parse_frame(kind, &payload)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,9 +207,14 @@ pub async fn serve_replication(
 }
 
 async fn refuse<W: AsyncWrite + Unpin>(out: &mut W, code: u8, message: String) -> Error {
-    let mut payload = vec![code];
-    payload.extend_from_slice(message.as_bytes());
-    let _ = write_frame(out, T_ERROR, &payload).await;
+    let _ = write_frame(
+        out,
+        &Frame::Error {
+            code,
+            message: message.clone(),
+        },
+    )
+    .await;
     let _ = out.flush().await;
     protocol(message)
 }
@@ -235,14 +223,26 @@ async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
     socket.set_nodelay(true)?;
     let (mut input, output) = socket.into_split();
     let mut out = BufWriter::new(output);
-    let (kind, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut input))
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut input))
         .await
-        .map_err(|_| protocol("no HELLO within the handshake timeout"))??;
-    // HELLO: magic (8) | version u16 | cluster id (16) | after u64 | chain (32)
-    if kind != T_HELLO || hello.len() != 8 + 2 + 16 + 8 + 32 || &hello[..8] != MAGIC {
-        return Err(refuse(&mut out, E_BAD_HELLO, "expected a HELLO frame".into()).await);
-    }
-    let version = u16::from_be_bytes([hello[8], hello[9]]);
+        .map_err(|_| protocol("no HELLO within the handshake timeout"))?;
+    let (version, cluster, after, chain) = match hello {
+        Ok(Frame::Hello {
+            version,
+            cluster_id,
+            after,
+            chain,
+        }) => (version, cluster_id, after, chain),
+        Ok(other) => {
+            let message = format!("expected a HELLO frame, got {}", other.name());
+            return Err(refuse(&mut out, E_BAD_HELLO, message).await);
+        }
+        Err(Error::BadFrame(err)) => {
+            let message = format!("expected a HELLO frame: {err}");
+            return Err(refuse(&mut out, E_BAD_HELLO, message).await);
+        }
+        Err(err) => return Err(err),
+    };
     if version != PROTOCOL_VERSION {
         return Err(refuse(
             &mut out,
@@ -253,9 +253,6 @@ async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
         )
         .await);
     }
-    let cluster: [u8; 16] = array_at(&hello, 10)?;
-    let after = u64_at(&hello, 26)?;
-    let chain: [u8; 32] = array_at(&hello, 34)?;
     let reader = store.reader().clone();
     let head = {
         let reader = reader.clone();
@@ -276,12 +273,14 @@ async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
         )
         .await);
     }
-    let mut welcome = PROTOCOL_VERSION.to_be_bytes().to_vec();
-    welcome.extend_from_slice(&head.cluster_id);
-    welcome.extend_from_slice(&head.seq.to_be_bytes());
+    let welcome = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        cluster_id: head.cluster_id,
+        head: head.seq,
+    };
     let mut position = after;
     if bootstrap {
-        write_frame(&mut out, T_WELCOME, &welcome).await?;
+        write_frame(&mut out, &welcome).await?;
         position = stream_snapshot(&reader, &mut out).await?;
     } else {
         if after > head.seq {
@@ -318,7 +317,7 @@ async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
             }
             Err(err) => return Err(err),
         }
-        write_frame(&mut out, T_WELCOME, &welcome).await?;
+        write_frame(&mut out, &welcome).await?;
     }
     out.flush().await?;
     let mut head_rx = store.subscribe();
@@ -332,19 +331,17 @@ async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
         };
         if let Some(last) = records.last() {
             position = last.seq;
-            for record in &records {
-                let mut payload = Vec::with_capacity(8 + 32 + record.entry.len());
-                payload.extend_from_slice(&record.seq.to_be_bytes());
-                payload.extend_from_slice(&record.checksum);
-                payload.extend_from_slice(&record.entry);
-                write_frame(&mut out, T_RECORD, &payload).await?;
+            for record in records {
+                write_frame(&mut out, &Frame::Record(record)).await?;
             }
             out.flush().await?;
             continue;
         }
-        let mut beat = (*head_rx.borrow()).to_be_bytes().to_vec();
-        beat.extend_from_slice(&now_ms().to_be_bytes());
-        write_frame(&mut out, T_HEARTBEAT, &beat).await?;
+        let beat = Frame::Heartbeat {
+            head: *head_rx.borrow(),
+            clock_ms: now_ms(),
+        };
+        write_frame(&mut out, &beat).await?;
         out.flush().await?;
         tokio::select! {
             changed = head_rx.changed() => changed.map_err(|_| Error::Closed)?,
@@ -362,10 +359,10 @@ async fn stream_snapshot<W: AsyncWrite + Unpin>(
     let reader = reader.clone();
     let producer = tokio::task::spawn_blocking(move || reader.write_snapshot(ChunkWriter(sender)));
     while let Some(chunk) = receiver.recv().await {
-        write_frame(out, T_SNAPSHOT_CHUNK, &chunk).await?;
+        write_frame(out, &Frame::SnapshotChunk(chunk)).await?;
     }
     let info = producer.await.map_err(|_| Error::Closed)??;
-    write_frame(out, T_SNAPSHOT_END, &info.seq.to_be_bytes()).await?;
+    write_frame(out, &Frame::SnapshotEnd { seq: info.seq }).await?;
     Ok(info.seq)
 }
 
@@ -389,18 +386,16 @@ impl std::io::Write for ChunkWriter {
 // Replica side
 // ---------------------------------------------------------------------------------------------
 
-fn hello(cluster: [u8; 16], after: u64, chain: [u8; 32]) -> Vec<u8> {
-    let mut payload = MAGIC.to_vec();
-    payload.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    payload.extend_from_slice(&cluster);
-    payload.extend_from_slice(&after.to_be_bytes());
-    payload.extend_from_slice(&chain);
-    payload
+fn hello(cluster_id: [u8; 16], after: u64, chain: [u8; 32]) -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        cluster_id,
+        after,
+        chain,
+    }
 }
 
-fn upstream_error(payload: &[u8]) -> Error {
-    let code = payload.first().copied().unwrap_or(0);
-    let message = String::from_utf8_lossy(payload.get(1..).unwrap_or_default()).into_owned();
+fn upstream_error(code: u8, message: String) -> Error {
     if code == E_COMPACTED {
         return Error::NeedsSnapshot(message);
     }
@@ -502,19 +497,20 @@ async fn download_snapshot_inner(
     let socket = connect(upstream).await?;
     let (mut input, mut output) = socket.into_split();
     // A HELLO with cluster id 0 asks for a snapshot (see docs/kv-replication.md).
-    write_frame(&mut output, T_HELLO, &hello([0; 16], 0, [0; 32])).await?;
+    write_frame(&mut output, &hello([0; 16], 0, [0; 32])).await?;
     let mut file = tokio::fs::File::create(path).await?;
     let mut received = 0u64;
     loop {
-        let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut input))
+        let frame = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut input))
             .await
             .map_err(|_| protocol("upstream went silent during bootstrap"))??;
-        status
-            .received_bytes
-            .fetch_add(payload.len() as u64 + 5, Ordering::Relaxed);
-        match kind {
-            T_WELCOME => {
-                let theirs: [u8; 16] = array_at(&payload, 2)?;
+        count_received(status, &frame);
+        match frame {
+            Frame::Welcome {
+                cluster_id: theirs,
+                head,
+                ..
+            } => {
                 if let Some(ours) = cluster
                     && ours != theirs
                 {
@@ -527,19 +523,20 @@ async fn download_snapshot_inner(
                         fatal: true,
                     });
                 }
-                status.heard(u64_at(&payload, 18)?);
+                status.heard(head);
             }
-            T_SNAPSHOT_CHUNK => {
+            Frame::SnapshotChunk(payload) => {
                 received += payload.len() as u64;
                 status.bootstrap_received.store(received, Ordering::Relaxed);
                 file.write_all(&payload).await?;
                 tracing::debug!(received, "bootstrap snapshot progress");
             }
-            T_SNAPSHOT_END => break,
-            T_ERROR => return Err(upstream_error(&payload)),
+            Frame::SnapshotEnd { .. } => break,
+            Frame::Error { code, message } => return Err(upstream_error(code, message)),
             other => {
                 return Err(protocol(format!(
-                    "unexpected frame {other:#04x} during bootstrap"
+                    "unexpected {} frame during bootstrap",
+                    other.name()
                 )));
             }
         }
@@ -652,12 +649,7 @@ async fn session(store: &Store, upstream: SocketAddr, status: &ReplicaStatus) ->
             .await
             .map_err(|_| Error::Closed)??
     };
-    write_frame(
-        &mut output,
-        T_HELLO,
-        &hello(head.cluster_id, head.seq, head.chain),
-    )
-    .await?;
+    write_frame(&mut output, &hello(head.cluster_id, head.seq, head.chain)).await?;
     // Records in flight to the committer, oldest first (see `Store::submit_replicated`).
     let mut in_flight = InFlight::new();
     let result = receive(&mut input, store, status, &mut in_flight).await;
@@ -701,31 +693,23 @@ async fn receive<R: AsyncRead + Unpin>(
                 front.await?;
             }
         }
-        let (kind, payload) = tokio::time::timeout(SILENCE_LIMIT, read_frame(input))
+        let frame = tokio::time::timeout(SILENCE_LIMIT, read_frame(input))
             .await
             .map_err(|_| protocol("upstream silent for too long"))??;
-        status
-            .received_bytes
-            .fetch_add(payload.len() as u64 + 5, Ordering::Relaxed);
-        match kind {
-            T_WELCOME => {
-                status.heard(u64_at(&payload, 18)?);
+        count_received(status, &frame);
+        match frame {
+            Frame::Welcome { head, .. } => {
+                status.heard(head);
                 status.connected.store(true, Ordering::Relaxed);
             }
-            T_RECORD => {
-                let seq = u64_at(&payload, 0)?;
-                let record = LogRecord {
-                    seq,
-                    checksum: array_at(&payload, 8)?,
-                    entry: payload[40..].to_vec(),
-                };
-                status.heard(seq);
+            Frame::Record(record) => {
+                status.heard(record.seq);
                 // Verified against our own chain inside the committer; refused = nothing applied.
                 in_flight.push_back(Box::pin(store.submit_replicated(record)?));
             }
-            T_HEARTBEAT => status.heard(u64_at(&payload, 0)?),
-            T_ERROR => return Err(upstream_error(&payload)),
-            other => return Err(protocol(format!("unexpected frame {other:#04x}"))),
+            Frame::Heartbeat { head, .. } => status.heard(head),
+            Frame::Error { code, message } => return Err(upstream_error(code, message)),
+            other => return Err(protocol(format!("unexpected {} frame", other.name()))),
         }
     }
 }
