@@ -657,6 +657,12 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
             message.contains("read-only replica") && message.contains(&relay_addr),
             "{message}"
         );
+        // The root's API address travelled root -> relay -> leaf in the handshake.
+        assert!(
+            message.contains(&format!("send writes to the root at {}", root.addr)),
+            "{message}"
+        );
+        assert_eq!(leaf_status["root_api"], root.addr.to_string());
     });
 }
 

@@ -19,6 +19,7 @@ async fn upstream(store: &Store) -> std::net::SocketAddr {
     tokio::spawn(quicksilver_kv::serve_replication(
         store.clone(),
         listener,
+        quicksilver_kv::RootApi::Unknown,
         std::future::pending(),
     ));
     addr

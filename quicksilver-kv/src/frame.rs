@@ -3,6 +3,8 @@
 //! garbage, truncation and oversized lengths give a [`FrameError`], never a panic or a large
 //! allocation.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use crate::LogRecord;
 
 /// Largest frame accepted (a record holds at most one batch; batches are at most 64 MiB).
@@ -41,6 +43,9 @@ pub enum Frame {
         cluster_id: [u8; 16],
         /// The upstream's head sequence.
         head: u64,
+        /// Where the root's HTTP API listens, passed down the tree so a replica's 403 can
+        /// name it (`None` when the upstream does not know).
+        root_api: Option<SocketAddr>,
     },
     /// Upstream -> replica: one log record, bytes exactly as stored.
     Record(LogRecord),
@@ -127,10 +132,27 @@ impl Frame {
                 version,
                 cluster_id,
                 head,
+                root_api,
             } => {
                 payload.extend_from_slice(&version.to_be_bytes());
                 payload.extend_from_slice(cluster_id);
                 payload.extend_from_slice(&head.to_be_bytes());
+                match root_api {
+                    None => payload.push(0),
+                    Some(addr) => {
+                        match addr.ip() {
+                            IpAddr::V4(ip) => {
+                                payload.push(4);
+                                payload.extend_from_slice(&ip.octets());
+                            }
+                            IpAddr::V6(ip) => {
+                                payload.push(6);
+                                payload.extend_from_slice(&ip.octets());
+                            }
+                        }
+                        payload.extend_from_slice(&addr.port().to_be_bytes());
+                    }
+                }
                 T_WELCOME
             }
             Self::Record(record) => {
@@ -237,11 +259,36 @@ pub fn parse_frame(kind: u8, payload: &[u8]) -> Result<Frame, FrameError> {
             }
         }
         T_WELCOME => {
-            let p: [u8; 26] = exact(payload, "WELCOME", "26")?;
+            // version, cluster id, head, then the root's API address: tag 0 (none), or tag 4
+            // and 4 address bytes, or tag 6 and 16, each followed by the port.
+            let root_api = match payload.get(26..) {
+                Some([0]) => None,
+                Some([4, rest @ ..]) => {
+                    let p: [u8; 6] = exact(rest, "WELCOME", "27, 33 or 45")?;
+                    let ip = Ipv4Addr::from(array_at::<4>(&p, 0));
+                    Some(SocketAddr::new(ip.into(), u16::from_be_bytes([p[4], p[5]])))
+                }
+                Some([6, rest @ ..]) => {
+                    let p: [u8; 18] = exact(rest, "WELCOME", "27, 33 or 45")?;
+                    let ip = Ipv6Addr::from(array_at::<16>(&p, 0));
+                    Some(SocketAddr::new(
+                        ip.into(),
+                        u16::from_be_bytes([p[16], p[17]]),
+                    ))
+                }
+                _ => {
+                    return Err(FrameError::BadPayloadLength {
+                        kind: "WELCOME",
+                        len: payload.len(),
+                        expected: "27, 33 or 45",
+                    });
+                }
+            };
             Frame::Welcome {
-                version: u16::from_be_bytes([p[0], p[1]]),
-                cluster_id: array_at(&p, 2),
-                head: u64_at(&p, 18),
+                version: u16::from_be_bytes([payload[0], payload[1]]),
+                cluster_id: array_at(payload, 2),
+                head: u64_at(payload, 18),
+                root_api,
             }
         }
         T_RECORD => {

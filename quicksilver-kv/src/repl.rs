@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A replica that hears nothing for this long reconnects.
@@ -53,6 +53,29 @@ pub struct ReplicaStatus {
     bootstrapping: AtomicBool,
     bootstrap_received: AtomicU64,
     bootstraps: AtomicU64,
+    root_api: Mutex<Option<SocketAddr>>,
+}
+
+/// Where the root's HTTP API is, as an upstream tells its replicas in WELCOME.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RootApi {
+    /// This node is the root and its API listens here.
+    Here(SocketAddr),
+    /// This node is a relay: pass on what its own upstream said.
+    Relayed(Arc<ReplicaStatus>),
+    /// Not known.
+    Unknown,
+}
+
+impl RootApi {
+    fn current(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Here(addr) => Some(*addr),
+            Self::Relayed(status) => status.root_api(),
+            Self::Unknown => None,
+        }
+    }
 }
 
 impl ReplicaStatus {
@@ -68,6 +91,7 @@ impl ReplicaStatus {
             bootstrapping: AtomicBool::new(false),
             bootstrap_received: AtomicU64::new(0),
             bootstraps: AtomicU64::new(0),
+            root_api: Mutex::new(None),
         }
     }
 
@@ -118,6 +142,18 @@ impl ReplicaStatus {
     /// Snapshots received and committed since the process started.
     pub fn bootstraps_completed(&self) -> u64 {
         self.bootstraps.load(Ordering::Relaxed)
+    }
+
+    /// The root's HTTP API address, as the upstream last said (where writes go).
+    pub fn root_api(&self) -> Option<SocketAddr> {
+        *self.root_api.lock()
+    }
+
+    fn welcomed(&self, head: u64, root_api: Option<SocketAddr>) {
+        self.heard(head);
+        if root_api.is_some() {
+            *self.root_api.lock() = root_api;
+        }
     }
 
     fn heard(&self, head: u64) {
@@ -179,6 +215,7 @@ async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Frame, Error>
 pub async fn serve_replication(
     store: Store,
     listener: TcpListener,
+    root_api: RootApi,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -194,8 +231,9 @@ pub async fn serve_replication(
                     }
                 };
                 let store = store.clone();
+                let root_api = root_api.current();
                 tokio::spawn(async move {
-                    match serve_one(store, socket).await {
+                    match serve_one(store, socket, root_api).await {
                         Ok(()) => tracing::debug!(%peer, "replica disconnected"),
                         Err(err) => tracing::info!(%peer, error = %err, "replication session ended"),
                     }
@@ -219,7 +257,11 @@ async fn refuse<W: AsyncWrite + Unpin>(out: &mut W, code: u8, message: String) -
     protocol(message)
 }
 
-async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
+async fn serve_one(
+    store: Store,
+    socket: TcpStream,
+    root_api: Option<SocketAddr>,
+) -> Result<(), Error> {
     socket.set_nodelay(true)?;
     let (mut input, output) = socket.into_split();
     let mut out = BufWriter::new(output);
@@ -277,6 +319,7 @@ async fn serve_one(store: Store, socket: TcpStream) -> Result<(), Error> {
         version: PROTOCOL_VERSION,
         cluster_id: head.cluster_id,
         head: head.seq,
+        root_api,
     };
     let mut position = after;
     if bootstrap {
@@ -509,6 +552,7 @@ async fn download_snapshot_inner(
             Frame::Welcome {
                 cluster_id: theirs,
                 head,
+                root_api,
                 ..
             } => {
                 if let Some(ours) = cluster
@@ -523,7 +567,7 @@ async fn download_snapshot_inner(
                         fatal: true,
                     });
                 }
-                status.heard(head);
+                status.welcomed(head, root_api);
             }
             Frame::SnapshotChunk(payload) => {
                 received += payload.len() as u64;
@@ -698,8 +742,8 @@ async fn receive<R: AsyncRead + Unpin>(
             .map_err(|_| protocol("upstream silent for too long"))??;
         count_received(status, &frame);
         match frame {
-            Frame::Welcome { head, .. } => {
-                status.heard(head);
+            Frame::Welcome { head, root_api, .. } => {
+                status.welcomed(head, root_api);
                 status.connected.store(true, Ordering::Relaxed);
             }
             Frame::Record(record) => {

@@ -19,13 +19,18 @@ fn frame() -> impl Strategy<Value = Frame> {
                 after,
                 chain
             }),
-        (any::<u16>(), any::<[u8; 16]>(), any::<u64>()).prop_map(|(version, cluster_id, head)| {
-            Frame::Welcome {
+        (
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            proptest::option::of((any::<std::net::IpAddr>(), any::<u16>()))
+        )
+            .prop_map(|(version, cluster_id, head, root)| Frame::Welcome {
                 version,
                 cluster_id,
                 head,
-            }
-        }),
+                root_api: root.map(|(ip, port)| std::net::SocketAddr::new(ip, port)),
+            }),
         (any::<u64>(), any::<[u8; 32]>(), bytes(200)).prop_map(|(seq, checksum, entry)| {
             Frame::Record(LogRecord {
                 seq,

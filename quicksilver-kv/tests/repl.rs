@@ -10,8 +10,8 @@ use std::{
 };
 
 use quicksilver_kv::{
-    Batch, Durability, ReplicaStatus, Retention, Store, StoreConfig, follow, open_or_bootstrap,
-    serve_replication,
+    Batch, Durability, ReplicaStatus, Retention, RootApi, Store, StoreConfig, follow,
+    open_or_bootstrap, serve_replication,
 };
 
 fn config(max_entries: u64) -> StoreConfig {
@@ -61,11 +61,13 @@ async fn a_replica_truncated_from_the_log_rebootstraps_in_place_and_stays_readab
     root.write_async(Batch::new().put("stable", "kept"))
         .await
         .unwrap();
+    let root_api: std::net::SocketAddr = "127.0.0.9:7380".parse().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(serve_replication(
         root.clone(),
         listener,
+        RootApi::Here(root_api),
         std::future::pending(),
     ));
 
@@ -143,6 +145,11 @@ async fn a_replica_truncated_from_the_log_rebootstraps_in_place_and_stays_readab
     assert!(!status.is_bootstrapping());
     assert!(status.bootstrap_received_bytes() > 0);
     assert_eq!(status.stopped_reason(), None);
+    assert_eq!(
+        status.root_api(),
+        Some(root_api),
+        "WELCOME carries the root's API"
+    );
     let head = replica.reader().head().unwrap();
     assert!(
         head.log_first > before + 1,

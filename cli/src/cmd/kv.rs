@@ -209,7 +209,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (store, Role::Replica { status, relay })
         }
     };
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.api))?;
+    let bound = listener.local_addr()?;
     if let Some(addr) = args.repl_listen {
+        // Replicas learn the root's API address through the handshake, for their 403s.
+        let root_api = match &role {
+            Role::Root => quicksilver_kv::RootApi::Here(bound),
+            Role::Replica { status, .. } => quicksilver_kv::RootApi::Relayed(Arc::clone(status)),
+            _ => quicksilver_kv::RootApi::Unknown,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for replication on {addr}"))?;
@@ -217,13 +227,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(quicksilver_kv::serve_replication(
             store.clone(),
             listener,
+            root_api,
             std::future::pending(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(args.api)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.api))?;
-    let bound = listener.local_addr()?;
     // The one line scripts and tests wait for; logs may be silenced, this may not.
     eprintln!("listening on {bound}");
     tracing::info!(data = %args.data.display(), %bound, ?role, "kv node serving");
