@@ -874,3 +874,118 @@ fn a_relay_behind_a_flaky_link_converges_with_every_acknowledged_write() {
     });
     drop(proxy);
 }
+
+/// A test CA: its parameters and key sign node certificates.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+fn test_ca(name: &str) -> TestCa {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    TestCa { params, key, pem }
+}
+
+/// Write `ca.pem`, `NAME.pem` and `NAME.key` (a certificate for 127.0.0.1 signed by `ca`)
+/// into `dir`; returns the `--tls-*` arguments.
+fn tls_args(dir: &Path, ca: &TestCa, name: &str) -> Vec<String> {
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path, ca_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}-ca.pem")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    [
+        ("--tls-cert", cert_path),
+        ("--tls-key", key_path),
+        ("--tls-ca", ca_path),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])
+    .collect()
+}
+
+#[test]
+fn replication_over_mutual_tls_and_a_certificate_from_another_ca_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cluster_ca, other_ca) = (test_ca("cluster CA"), test_ca("some other CA"));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut root_args = vec!["--repl-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    root_args.extend(tls_args(certs.path(), &cluster_ca, "root"));
+    let root_args: Vec<&str> = root_args.iter().map(String::as_str).collect();
+    let root = start_node(dirs[0].path(), &root_args);
+    let root_repl = root.repl.unwrap().to_string();
+    let replica_args = |ca: &TestCa, name: &str| {
+        let mut args = vec!["--upstream".to_owned(), root_repl.clone()];
+        args.extend(tls_args(certs.path(), ca, name));
+        args
+    };
+    let good = replica_args(&cluster_ca, "replica");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root, 0, 3).await;
+        // Bootstrap, then live records, all over mutual TLS.
+        let replica = start_node(dirs[1].path(), &good);
+        write_batches(&client, &root, 3, 3).await;
+        assert_converged(&client, &root, &replica, "TLS replica").await;
+        let status = status_of(&client, &replica).await;
+        assert_eq!(status["connected"], true, "{status}");
+        drop(replica);
+
+        // The same replica, restarted with a certificate another CA signed: the root refuses
+        // the handshake, so nothing more arrives however long it waits.
+        let rogue = replica_args(&other_ca, "rogue");
+        let mut rogue = rogue.iter().map(String::as_str).collect::<Vec<_>>();
+        // It still trusts the cluster CA for the root's certificate; only its own is foreign.
+        let ca_at = rogue.iter().position(|a| *a == "--tls-ca").unwrap() + 1;
+        let cluster_ca_file = certs.path().join("root-ca.pem").display().to_string();
+        rogue[ca_at] = cluster_ca_file.as_str();
+        let rogue = start_node(dirs[1].path(), &rogue);
+        write_batches(&client, &root, 6, 2).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = status_of(&client, &rogue).await;
+        let root_status = status_of(&client, &root).await;
+        assert_eq!(status["connected"], false, "{status}");
+        assert_eq!(status["received_bytes"], 0, "{status}");
+        assert!(
+            status["seq"].as_u64() < root_status["seq"].as_u64(),
+            "a replica with a foreign certificate was served: {status}"
+        );
+    });
+}
+
+#[test]
+fn clear_text_replication_on_a_public_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    edgekit()
+        .args([
+            "kv",
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--repl-listen",
+            "0.0.0.0:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "refusing to serve replication in clear text",
+        ));
+}

@@ -20,6 +20,7 @@ async fn upstream(store: &Store) -> std::net::SocketAddr {
         store.clone(),
         listener,
         quicksilver_kv::RootApi::Unknown,
+        None,
         std::future::pending(),
     ));
     addr

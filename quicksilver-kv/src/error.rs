@@ -104,6 +104,9 @@ pub enum Error {
     /// it): the replica must fetch a snapshot, which [`crate::follow`] does in place.
     #[error("replication: the upstream truncated this replica's position: {0}")]
     NeedsSnapshot(String),
+    /// TLS material for replication links could not be loaded or used.
+    #[error("replication TLS: {0}")]
+    Tls(String),
     /// The store's committer has shut down (the store is closing).
     #[error("the store is closed")]
     Closed,

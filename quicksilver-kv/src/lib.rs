@@ -74,7 +74,7 @@ pub use frame::{
 pub use http::{MAX_SCAN_LIMIT, Role, SEQ_HEADER, router, serve};
 pub use reader::{Head, LogRecord, ReadView, Reader, ScanPage, Verified, Versioned};
 pub use repl::{
-    PROTOCOL_VERSION, ReplicaStatus, RootApi, follow, open_or_bootstrap, serve_replication,
+    PROTOCOL_VERSION, ReplTls, ReplicaStatus, RootApi, follow, open_or_bootstrap, serve_replication,
 };
 pub use snapshot::SnapshotInfo;
 pub use store::{Store, StoreStats};

@@ -41,6 +41,77 @@ const E_COMPACTED: u8 = 4;
 const E_AHEAD: u8 = 5;
 const E_BAD_HELLO: u8 = 6;
 
+/// Mutual TLS for replication links: every node presents a certificate signed by the cluster's
+/// CA and accepts only peers whose certificate the same CA signed. Upstreams require a client
+/// certificate; replicas verify the upstream's certificate against the upstream's IP address.
+#[derive(Clone)]
+pub struct ReplTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ReplTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplTls")
+    }
+}
+
+impl ReplTls {
+    /// Load this node's certificate chain and private key and the cluster CA, all PEM files.
+    pub fn from_pem_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, Error> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let named = |path: &Path, err: &dyn std::fmt::Display| {
+            Error::Tls(format!("{}: {err}", path.display()))
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .map_err(|err| named(cert, &err))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| named(cert, &err))?;
+        if certs.is_empty() {
+            return Err(named(cert, &"no certificate in the file"));
+        }
+        let private_key = PrivateKeyDer::from_pem_file(key).map_err(|err| named(key, &err))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for authority in CertificateDer::pem_file_iter(ca).map_err(|err| named(ca, &err))? {
+            roots
+                .add(authority.map_err(|err| named(ca, &err))?)
+                .map_err(|err| named(ca, &err))?;
+        }
+        if roots.is_empty() {
+            return Err(named(ca, &"no CA certificate in the file"));
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = |err: rustls::Error| Error::Tls(err.to_string());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|err| Error::Tls(err.to_string()))?;
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs.clone(), private_key.clone_key())
+            .map_err(tls)?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, private_key)
+            .map_err(tls)?;
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
+/// A replication byte stream: plain TCP or TLS over TCP.
+trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
 /// What a replica knows about its replication link, for `/v1/status` and metrics.
 #[derive(Debug)]
 pub struct ReplicaStatus {
@@ -54,6 +125,7 @@ pub struct ReplicaStatus {
     bootstrap_received: AtomicU64,
     bootstraps: AtomicU64,
     root_api: Mutex<Option<SocketAddr>>,
+    tls: Option<ReplTls>,
 }
 
 /// Where the root's HTTP API is, as an upstream tells its replicas in WELCOME.
@@ -92,6 +164,15 @@ impl ReplicaStatus {
             bootstrap_received: AtomicU64::new(0),
             bootstraps: AtomicU64::new(0),
             root_api: Mutex::new(None),
+            tls: None,
+        }
+    }
+
+    /// A fresh status for a replica that reaches `upstream` over mutual TLS.
+    pub fn with_tls(upstream: SocketAddr, tls: ReplTls) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::new(upstream)
         }
     }
 
@@ -216,6 +297,7 @@ pub async fn serve_replication(
     store: Store,
     listener: TcpListener,
     root_api: RootApi,
+    tls: Option<ReplTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -232,8 +314,9 @@ pub async fn serve_replication(
                 };
                 let store = store.clone();
                 let root_api = root_api.current();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    match serve_one(store, socket, root_api).await {
+                    match serve_one(store, socket, root_api, tls).await {
                         Ok(()) => tracing::debug!(%peer, "replica disconnected"),
                         Err(err) => tracing::info!(%peer, error = %err, "replication session ended"),
                     }
@@ -261,9 +344,19 @@ async fn serve_one(
     store: Store,
     socket: TcpStream,
     root_api: Option<SocketAddr>,
+    tls: Option<ReplTls>,
 ) -> Result<(), Error> {
     socket.set_nodelay(true)?;
-    let (mut input, output) = socket.into_split();
+    let link: Box<dyn Link> = match tls {
+        Some(tls) => Box::new(
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(socket))
+                .await
+                .map_err(|_| protocol("no TLS handshake within the handshake timeout"))?
+                .map_err(|err| Error::Tls(format!("handshake with a replica failed: {err}")))?,
+        ),
+        None => Box::new(socket),
+    };
+    let (mut input, output) = tokio::io::split(link);
     let mut out = BufWriter::new(output);
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut input))
         .await
@@ -449,12 +542,21 @@ fn upstream_error(code: u8, message: String) -> Error {
     }
 }
 
-async fn connect(upstream: SocketAddr) -> Result<TcpStream, Error> {
+async fn connect(upstream: SocketAddr, tls: Option<&ReplTls>) -> Result<Box<dyn Link>, Error> {
     let socket = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(upstream))
         .await
         .map_err(|_| protocol(format!("connecting to {upstream} timed out")))??;
     socket.set_nodelay(true)?;
-    Ok(socket)
+    let Some(tls) = tls else {
+        return Ok(Box::new(socket));
+    };
+    // The upstream's certificate must name its IP address.
+    let name = rustls_pki_types::ServerName::IpAddress(upstream.ip().into());
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector.connect(name, socket))
+        .await
+        .map_err(|_| protocol(format!("TLS handshake with {upstream} timed out")))?
+        .map_err(|err| Error::Tls(format!("handshake with {upstream} failed: {err}")))?;
+    Ok(Box::new(stream))
 }
 
 /// Open the replica's store in `dir`; when there is none yet, fetch a snapshot from `upstream`
@@ -537,8 +639,8 @@ async fn download_snapshot_inner(
     status: &ReplicaStatus,
     cluster: Option<[u8; 16]>,
 ) -> Result<u64, Error> {
-    let socket = connect(upstream).await?;
-    let (mut input, mut output) = socket.into_split();
+    let socket = connect(upstream, status.tls.as_ref()).await?;
+    let (mut input, mut output) = tokio::io::split(socket);
     // A HELLO with cluster id 0 asks for a snapshot (see docs/kv-replication.md).
     write_frame(&mut output, &hello([0; 16], 0, [0; 32])).await?;
     let mut file = tokio::fs::File::create(path).await?;
@@ -685,8 +787,8 @@ pub async fn follow(store: Store, upstream: SocketAddr, status: Arc<ReplicaStatu
 }
 
 async fn session(store: &Store, upstream: SocketAddr, status: &ReplicaStatus) -> Result<(), Error> {
-    let socket = connect(upstream).await?;
-    let (mut input, mut output) = socket.into_split();
+    let socket = connect(upstream, status.tls.as_ref()).await?;
+    let (mut input, mut output) = tokio::io::split(socket);
     let head = {
         let reader = store.reader().clone();
         tokio::task::spawn_blocking(move || reader.head())

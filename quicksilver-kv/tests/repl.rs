@@ -68,6 +68,7 @@ async fn a_replica_truncated_from_the_log_rebootstraps_in_place_and_stays_readab
         root.clone(),
         listener,
         RootApi::Here(root_api),
+        None,
         std::future::pending(),
     ));
 
