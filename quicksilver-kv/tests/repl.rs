@@ -1,5 +1,6 @@
 //! Replication in one process: a replica whose position was truncated from its upstream's log
-//! re-bootstraps in place from a snapshot, serving its old data until the new state commits.
+//! re-bootstraps in place from a snapshot, serving its old data until the new state commits;
+//! and a replica only talks to an upstream whose certificate the cluster CA signed.
 
 use std::{
     sync::{
@@ -171,4 +172,86 @@ async fn a_replica_truncated_from_the_log_rebootstraps_in_place_and_stays_readab
     write_keys(&root, 200, 10).await;
     wait_for_head(&replica, &root).await;
     follower.abort();
+}
+
+/// Write a CA-signed certificate for 127.0.0.1 and the CA into `dir`; returns the TLS config.
+fn node_tls(
+    dir: &std::path::Path,
+    name: &str,
+    own_ca: &(rcgen::CertificateParams, rcgen::KeyPair),
+    trusted_ca_pem: &str,
+) -> quicksilver_kv::ReplTls {
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(&own_ca.0, &own_ca.1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = [
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}-ca.pem")),
+    ];
+    std::fs::write(&paths[0], cert.pem()).unwrap();
+    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
+    std::fs::write(&paths[2], trusted_ca_pem).unwrap();
+    quicksilver_kv::ReplTls::from_pem_files(&paths[0], &paths[1], &paths[2]).unwrap()
+}
+
+fn ca() -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (params, key, pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_an_upstream_whose_certificate_another_ca_signed() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cluster, other) = (ca(), ca());
+    let cluster_ca = (cluster.0, cluster.1);
+    let other_ca = (other.0, other.1);
+    let replica_tls = node_tls(certs.path(), "replica", &cluster_ca, &cluster.2);
+    for (name, upstream_ca, should_sync) in [
+        ("genuine", &cluster_ca, true),
+        ("impostor", &other_ca, false),
+    ] {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let root = Store::open(dirs.0.path(), config(1_000)).unwrap();
+        root.write_async(Batch::new().put("k", "v")).await.unwrap();
+        // The upstream trusts the cluster CA for clients either way; only its own certificate
+        // differs.
+        let root_tls = node_tls(certs.path(), name, upstream_ca, &cluster.2);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        tokio::spawn(serve_replication(
+            root.clone(),
+            listener,
+            RootApi::Unknown,
+            Some(root_tls),
+            std::future::pending(),
+        ));
+        let status = ReplicaStatus::with_tls(upstream, replica_tls.clone());
+        let bootstrap = tokio::time::timeout(
+            Duration::from_secs(3),
+            open_or_bootstrap(dirs.1.path(), config(1_000), upstream, &status),
+        )
+        .await;
+        if should_sync {
+            let replica = bootstrap.expect("bootstrapped in time").unwrap();
+            assert_eq!(
+                replica.reader().get(b"k").unwrap().value.as_deref(),
+                Some(&b"v"[..])
+            );
+        } else {
+            assert!(
+                bootstrap.is_err(),
+                "{name}: bootstrapped from an untrusted upstream"
+            );
+            assert_eq!(
+                status.received_bytes(),
+                0,
+                "{name}: protocol bytes were accepted"
+            );
+        }
+    }
 }
