@@ -620,6 +620,28 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
             .success()
             .stdout(predicate::str::starts_with("digests match at seq "));
 
+        // Bootstrap progress is in the status, as JSON and as text.
+        let new_leaf_status = status_of(&client, &new_leaf).await;
+        assert_eq!(
+            new_leaf_status["bootstrap"]["completed"], 1,
+            "{new_leaf_status}"
+        );
+        assert_eq!(new_leaf_status["bootstrap"]["active"], false);
+        assert!(
+            new_leaf_status["bootstrap"]["received_bytes"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        edgekit()
+            .args(["kv", "status", "--node", &new_leaf.addr.to_string()])
+            .assert()
+            .success()
+            .stdout(
+                predicate::str::contains("bootstrap  idle, ")
+                    .and(predicate::str::contains(" 1 completed")),
+            );
+
         // Replicas are read-only, and say where writes go.
         let (status, message) = error_of(
             client
@@ -635,6 +657,12 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
             message.contains("read-only replica") && message.contains(&relay_addr),
             "{message}"
         );
+        // The root's API address travelled root -> relay -> leaf in the handshake.
+        assert!(
+            message.contains(&format!("send writes to the root at {}", root.addr)),
+            "{message}"
+        );
+        assert_eq!(leaf_status["root_api"], root.addr.to_string());
     });
 }
 
@@ -727,4 +755,237 @@ fn garbage_on_the_replication_port_closes_that_connection_only() {
         let replica = start_node(replica_dir.path(), &["--upstream", repl.as_str()]);
         assert_converged(&client, &root, &replica, "replica").await;
     });
+}
+
+/// A small seeded generator (xorshift64*), so a failing fault schedule can be replayed.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+#[test]
+fn a_relay_behind_a_flaky_link_converges_with_every_acknowledged_write() {
+    const SEED: u64 = 0x5eed_cafe_f00d_0008;
+    const ROUNDS: usize = 40;
+    const MAX_CUTS: usize = 10;
+    const MAX_STALLS: usize = 6;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A multi-threaded runtime: the proxy must keep forwarding while this thread blocks on a
+    // starting process (the relay bootstraps through the proxy before it prints its address).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = start_node(dirs[0].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let root_repl = root.repl.expect("the root serves replication");
+    let proxy = runtime
+        .block_on(edgekit_testkit::FaultProxy::start(root_repl))
+        .unwrap();
+    let via_proxy = proxy.listen_addr().to_string();
+    let client = reqwest::Client::new();
+    runtime.block_on(write_batches(&client, &root, 0, 2));
+    let relay = start_node(
+        dirs[1].path(),
+        &[
+            "--upstream",
+            via_proxy.as_str(),
+            "--repl-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let relay_repl = relay
+        .repl
+        .expect("the relay serves replication")
+        .to_string();
+    let leaf = start_node(dirs[2].path(), &["--upstream", relay_repl.as_str()]);
+    let mut schedule = Schedule(SEED);
+    let (mut cuts, mut stalls, mut long_stall_done) = (0, 0, false);
+    let mut acknowledged = 2;
+    runtime.block_on(async {
+        for round in 0..ROUNDS {
+            write_batches(&client, &root, 2 + round, 1).await;
+            acknowledged += 1;
+            match schedule.below(6) {
+                0 | 1 if cuts < MAX_CUTS => {
+                    proxy.cut();
+                    cuts += 1;
+                }
+                2 if stalls < MAX_STALLS => {
+                    // Mostly short stalls; once, one longer than the replica's 5 s silence
+                    // limit, so the relay must notice a stuck (not closed) link by itself.
+                    let stall_ms = if long_stall_done {
+                        100 + schedule.below(1400)
+                    } else {
+                        long_stall_done = true;
+                        6_000
+                    };
+                    proxy.set_stalled(true);
+                    write_batches(&client, &root, 1000 + round, 1).await;
+                    acknowledged += 1;
+                    tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+                    proxy.set_stalled(false);
+                    stalls += 1;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(schedule.below(50))).await,
+            }
+        }
+        assert!(
+            cuts > 0 && stalls > 0,
+            "seed {SEED:#x}: the schedule injected no faults"
+        );
+        assert_converged(&client, &root, &relay, "relay").await;
+        assert_converged(&client, &root, &leaf, "leaf").await;
+        // assert_converged compared contents with the root's; the root holds every write it
+        // acknowledged, so the leaf does too.
+        let leaf_keys: Value = client
+            .get(format!(
+                "http://{}/v1/kv?prefix=tree/&limit=10000",
+                leaf.addr
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            leaf_keys["items"].as_array().unwrap().len(),
+            acknowledged * 50
+        );
+        // The link really was re-established after the faults.
+        assert!(
+            proxy.connections_accepted() > 1,
+            "seed {SEED:#x}: {} connections through the proxy",
+            proxy.connections_accepted()
+        );
+        let relay_status = status_of(&client, &relay).await;
+        assert_eq!(relay_status["stopped"], Value::Null, "{relay_status}");
+    });
+    drop(proxy);
+}
+
+/// A test CA: its parameters and key sign node certificates.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+fn test_ca(name: &str) -> TestCa {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    TestCa { params, key, pem }
+}
+
+/// Write `ca.pem`, `NAME.pem` and `NAME.key` (a certificate for 127.0.0.1 signed by `ca`)
+/// into `dir`; returns the `--tls-*` arguments.
+fn tls_args(dir: &Path, ca: &TestCa, name: &str) -> Vec<String> {
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path, ca_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}-ca.pem")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    [
+        ("--tls-cert", cert_path),
+        ("--tls-key", key_path),
+        ("--tls-ca", ca_path),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])
+    .collect()
+}
+
+#[test]
+fn replication_over_mutual_tls_and_a_certificate_from_another_ca_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cluster_ca, other_ca) = (test_ca("cluster CA"), test_ca("some other CA"));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut root_args = vec!["--repl-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    root_args.extend(tls_args(certs.path(), &cluster_ca, "root"));
+    let root_args: Vec<&str> = root_args.iter().map(String::as_str).collect();
+    let root = start_node(dirs[0].path(), &root_args);
+    let root_repl = root.repl.unwrap().to_string();
+    let replica_args = |ca: &TestCa, name: &str| {
+        let mut args = vec!["--upstream".to_owned(), root_repl.clone()];
+        args.extend(tls_args(certs.path(), ca, name));
+        args
+    };
+    let good = replica_args(&cluster_ca, "replica");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_batches(&client, &root, 0, 3).await;
+        // Bootstrap, then live records, all over mutual TLS.
+        let replica = start_node(dirs[1].path(), &good);
+        write_batches(&client, &root, 3, 3).await;
+        assert_converged(&client, &root, &replica, "TLS replica").await;
+        let status = status_of(&client, &replica).await;
+        assert_eq!(status["connected"], true, "{status}");
+        drop(replica);
+
+        // The same replica, restarted with a certificate another CA signed: the root refuses
+        // the handshake, so nothing more arrives however long it waits.
+        let rogue = replica_args(&other_ca, "rogue");
+        let mut rogue = rogue.iter().map(String::as_str).collect::<Vec<_>>();
+        // It still trusts the cluster CA for the root's certificate; only its own is foreign.
+        let ca_at = rogue.iter().position(|a| *a == "--tls-ca").unwrap() + 1;
+        let cluster_ca_file = certs.path().join("root-ca.pem").display().to_string();
+        rogue[ca_at] = cluster_ca_file.as_str();
+        let rogue = start_node(dirs[1].path(), &rogue);
+        write_batches(&client, &root, 6, 2).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = status_of(&client, &rogue).await;
+        let root_status = status_of(&client, &root).await;
+        assert_eq!(status["connected"], false, "{status}");
+        assert_eq!(status["received_bytes"], 0, "{status}");
+        assert!(
+            status["seq"].as_u64() < root_status["seq"].as_u64(),
+            "a replica with a foreign certificate was served: {status}"
+        );
+    });
+}
+
+#[test]
+fn clear_text_replication_on_a_public_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    edgekit()
+        .args([
+            "kv",
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--repl-listen",
+            "0.0.0.0:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "refusing to serve replication in clear text",
+        ));
 }

@@ -19,6 +19,8 @@ async fn upstream(store: &Store) -> std::net::SocketAddr {
     tokio::spawn(quicksilver_kv::serve_replication(
         store.clone(),
         listener,
+        quicksilver_kv::RootApi::Unknown,
+        None,
         std::future::pending(),
     ));
     addr

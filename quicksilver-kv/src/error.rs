@@ -97,6 +97,16 @@ pub enum Error {
         /// Whether retrying cannot help.
         fatal: bool,
     },
+    /// Bytes received on a replication link are not a valid frame; the connection is closed.
+    #[error("replication: bad frame: {0}")]
+    BadFrame(#[from] crate::FrameError),
+    /// The upstream no longer holds this replica's position in its log (retention truncated
+    /// it): the replica must fetch a snapshot, which [`crate::follow`] does in place.
+    #[error("replication: the upstream truncated this replica's position: {0}")]
+    NeedsSnapshot(String),
+    /// TLS material for replication links could not be loaded or used.
+    #[error("replication TLS: {0}")]
+    Tls(String),
     /// The store's committer has shut down (the store is closing).
     #[error("the store is closed")]
     Closed,

@@ -60,10 +60,16 @@ impl AppState {
             Role::Root => Ok(()),
             Role::Replica { status, .. } => Err(ApiError(
                 StatusCode::FORBIDDEN,
-                format!(
-                    "this node is a read-only replica of {}: send writes to the root",
-                    status.upstream()
-                ),
+                match status.root_api() {
+                    Some(root) => format!(
+                        "this node is a read-only replica of {}: send writes to the root at {root}",
+                        status.upstream()
+                    ),
+                    None => format!(
+                        "this node is a read-only replica of {}: send writes to the root",
+                        status.upstream()
+                    ),
+                },
             )),
         }
     }
@@ -460,12 +466,18 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         let upstream_head = status.upstream_head().max(head.seq);
         answer["role"] = Value::from(if *relay { "relay" } else { "replica" });
         answer["upstream"] = Value::from(status.upstream().to_string());
+        answer["root_api"] = json!(status.root_api().map(|addr| addr.to_string()));
         answer["connected"] = Value::from(status.is_connected());
         answer["upstream_head"] = Value::from(upstream_head);
         answer["lag_entries"] = Value::from(upstream_head - head.seq);
         answer["ms_since_upstream_heard"] = json!(status.millis_since_heard());
         answer["received_bytes"] = Value::from(status.received_bytes());
         answer["stopped"] = json!(status.stopped_reason());
+        answer["bootstrap"] = json!({
+            "active": status.is_bootstrapping(),
+            "received_bytes": status.bootstrap_received_bytes(),
+            "completed": status.bootstraps_completed(),
+        });
     }
     Ok(Json(answer))
 }

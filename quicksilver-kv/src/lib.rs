@@ -51,6 +51,7 @@ mod digest;
 mod entry;
 mod env;
 mod error;
+mod frame;
 mod hex;
 mod http;
 mod reader;
@@ -67,10 +68,13 @@ pub use entry::{
 };
 pub use env::FORMAT_VERSION;
 pub use error::Error;
+pub use frame::{
+    Frame, FrameError, HELLO_MAGIC, MAX_FRAME_LEN, check_frame_len, decode_frame, parse_frame,
+};
 pub use http::{MAX_SCAN_LIMIT, Role, SEQ_HEADER, router, serve};
 pub use reader::{Head, LogRecord, ReadView, Reader, ScanPage, Verified, Versioned};
 pub use repl::{
-    MAX_FRAME_LEN, PROTOCOL_VERSION, ReplicaStatus, follow, open_or_bootstrap, serve_replication,
+    PROTOCOL_VERSION, ReplTls, ReplicaStatus, RootApi, follow, open_or_bootstrap, serve_replication,
 };
 pub use snapshot::SnapshotInfo;
 pub use store::{Store, StoreStats};

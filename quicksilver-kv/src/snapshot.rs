@@ -6,6 +6,8 @@ use std::{
     path::Path,
 };
 
+use heed::RwTxn;
+
 use crate::{
     Error, Reader, Store, StoreConfig, StoreDigest,
     config::{Durability, MAX_KEY_LEN},
@@ -119,83 +121,102 @@ impl Store {
                     dir.display()
                 )));
             }
-            let mut input = HashingReader {
-                inner: io::BufReader::new(snapshot),
-                hasher: blake3::Hasher::new(),
-            };
-            let magic: [u8; 8] = read_array(&mut input)?;
-            let [version] = read_array(&mut input)?;
-            if &magic != MAGIC || version != SNAPSHOT_VERSION {
-                return Err(Error::Corrupt(format!(
-                    "not a version {SNAPSHOT_VERSION} quicksilver-kv snapshot"
-                )));
-            }
-            let cluster_id: [u8; 16] = read_array(&mut input)?;
-            let seq = u64::from_be_bytes(read_array(&mut input)?);
-            let chain: [u8; 32] = read_array(&mut input)?;
-            let digest = StoreDigest(read_array(&mut input)?);
-            let mut computed = StoreDigest::EMPTY;
-            let mut pairs = 0u64;
-            let mut key = Vec::new();
-            let mut value = Vec::new();
-            loop {
-                let key_len = u32::from_be_bytes(read_array(&mut input)?) as usize;
-                if key_len == 0 {
-                    break;
-                }
-                if key_len > MAX_KEY_LEN {
-                    return Err(Error::Corrupt(format!("snapshot key of {key_len} bytes")));
-                }
-                read_vec(&mut input, &mut key, key_len)?;
-                let value_len = u32::from_be_bytes(read_array(&mut input)?) as usize;
-                if value_len > 64 << 20 {
-                    return Err(Error::Corrupt(format!(
-                        "snapshot value of {value_len} bytes"
-                    )));
-                }
-                read_vec(&mut input, &mut value, value_len)?;
-                dbs.data.put(&mut txn, &key, &value).map_err(heed_err)?;
-                computed.add_pair(&key, &value);
-                pairs += 1;
-            }
-            let count = u64::from_be_bytes(read_array(&mut input)?);
-            let expected_trailer = *input.hasher.finalize().as_bytes();
-            let mut trailer = [0; 32];
-            input.inner.read_exact(&mut trailer).map_err(truncated)?;
-            if trailer != expected_trailer {
-                return Err(Error::Corrupt("snapshot trailer hash mismatch".into()));
-            }
-            if count != pairs || computed != digest {
-                return Err(Error::Corrupt(format!(
-                    "snapshot content does not match its header: {pairs} pairs (trailer says \
-                     {count}), digest {} (header says {})",
-                    computed.to_hex(),
-                    digest.to_hex()
-                )));
-            }
-            let meta = env::Meta {
-                cluster_id,
-                head: seq,
-                chain,
-                digest,
-                log_first: seq + 1,
-                log_bytes: 0,
-                log_base: chain,
-            };
-            env::write_meta(&mut txn, &dbs.meta, &meta).map_err(heed_err)?;
+            let info = load_snapshot(&mut txn, &dbs, snapshot, map_size)?;
+            env::write_meta(&mut txn, &dbs.meta, &info.meta()).map_err(heed_err)?;
             txn.commit().map_err(heed_err)?;
-            SnapshotInfo {
-                cluster_id,
-                seq,
-                chain,
-                digest,
-                pairs,
-            }
+            info
         };
         // The restore environment is closed (dropped) above; reopen it as a normal store.
         let store = Self::open_in_cluster(dir, config, info.cluster_id)?;
         Ok((store, info))
     }
+}
+
+impl SnapshotInfo {
+    /// The `meta` of a store restored from this snapshot: its log starts after `seq`.
+    pub(crate) fn meta(&self) -> env::Meta {
+        env::Meta {
+            cluster_id: self.cluster_id,
+            head: self.seq,
+            chain: self.chain,
+            digest: self.digest,
+            log_first: self.seq + 1,
+            log_bytes: 0,
+            log_base: self.chain,
+        }
+    }
+}
+
+/// Read a whole snapshot into `txn`, whose `data` database must be empty, checking the trailer
+/// hash, the pair count and the digest. On an error the caller drops `txn`: nothing is applied.
+pub(crate) fn load_snapshot(
+    txn: &mut RwTxn<'_>,
+    dbs: &env::Dbs,
+    snapshot: impl Read,
+    map_size: usize,
+) -> Result<SnapshotInfo, Error> {
+    let heed_err = |err| Error::from_heed(err, map_size);
+    let mut input = HashingReader {
+        inner: io::BufReader::new(snapshot),
+        hasher: blake3::Hasher::new(),
+    };
+    let magic: [u8; 8] = read_array(&mut input)?;
+    let [version] = read_array(&mut input)?;
+    if &magic != MAGIC || version != SNAPSHOT_VERSION {
+        return Err(Error::Corrupt(format!(
+            "not a version {SNAPSHOT_VERSION} quicksilver-kv snapshot"
+        )));
+    }
+    let cluster_id: [u8; 16] = read_array(&mut input)?;
+    let seq = u64::from_be_bytes(read_array(&mut input)?);
+    let chain: [u8; 32] = read_array(&mut input)?;
+    let digest = StoreDigest(read_array(&mut input)?);
+    let mut computed = StoreDigest::EMPTY;
+    let mut pairs = 0u64;
+    let mut key = Vec::new();
+    let mut value = Vec::new();
+    loop {
+        let key_len = u32::from_be_bytes(read_array(&mut input)?) as usize;
+        if key_len == 0 {
+            break;
+        }
+        if key_len > MAX_KEY_LEN {
+            return Err(Error::Corrupt(format!("snapshot key of {key_len} bytes")));
+        }
+        read_vec(&mut input, &mut key, key_len)?;
+        let value_len = u32::from_be_bytes(read_array(&mut input)?) as usize;
+        if value_len > 64 << 20 {
+            return Err(Error::Corrupt(format!(
+                "snapshot value of {value_len} bytes"
+            )));
+        }
+        read_vec(&mut input, &mut value, value_len)?;
+        dbs.data.put(txn, &key, &value).map_err(heed_err)?;
+        computed.add_pair(&key, &value);
+        pairs += 1;
+    }
+    let count = u64::from_be_bytes(read_array(&mut input)?);
+    let expected_trailer = *input.hasher.finalize().as_bytes();
+    let mut trailer = [0; 32];
+    input.inner.read_exact(&mut trailer).map_err(truncated)?;
+    if trailer != expected_trailer {
+        return Err(Error::Corrupt("snapshot trailer hash mismatch".into()));
+    }
+    if count != pairs || computed != digest {
+        return Err(Error::Corrupt(format!(
+            "snapshot content does not match its header: {pairs} pairs (trailer says \
+             {count}), digest {} (header says {})",
+            computed.to_hex(),
+            digest.to_hex()
+        )));
+    }
+    Ok(SnapshotInfo {
+        cluster_id,
+        seq,
+        chain,
+        digest,
+        pairs,
+    })
 }
 
 struct HashingReader<R> {

@@ -14,7 +14,7 @@ use heed::RwTxn;
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    Batch, Error, LogRecord, Reader, StoreConfig,
+    Batch, Error, LogRecord, Reader, SnapshotInfo, StoreConfig,
     config::{Durability, MAX_KEY_LEN},
     entry::{Op, chain_checksum, encode_entry},
     env::{self, Dbs, Meta},
@@ -37,7 +37,7 @@ pub struct Store {
 #[derive(Debug)]
 struct Shared {
     core: Arc<Core>,
-    requests: Option<mpsc::Sender<Request>>,
+    requests: Option<mpsc::Sender<Job>>,
     committer: Option<JoinHandle<()>>,
 }
 
@@ -72,6 +72,18 @@ pub struct StoreStats {
     pub trimmed: u64,
     /// Batches refused by the committer (store full, bad replicated entry).
     pub failed: u64,
+}
+
+/// What the committer thread is asked to do.
+enum Job {
+    /// A batch or a replicated record, folded with others into a group commit.
+    Batch(Request),
+    /// Replace the whole store with a snapshot's state, in one transaction (see
+    /// [`Store::replace_from_snapshot`]). Never grouped with batches.
+    Replace {
+        snapshot: std::fs::File,
+        reply: oneshot::Sender<Result<SnapshotInfo, Error>>,
+    },
 }
 
 enum Request {
@@ -290,6 +302,26 @@ impl Store {
         Ok(async move { receiver.await.map_err(|_| Error::Closed)? })
     }
 
+    /// Replace this store's whole state with `snapshot`'s, atomically: readers keep seeing the
+    /// old data and sequence until the new state is committed in one LMDB transaction, and a
+    /// snapshot that fails any check (trailer hash, pair count, digest, cluster id) changes
+    /// nothing. The log restarts after the snapshot's sequence, which must not be behind this
+    /// store's head. A replica whose position was truncated from its upstream's log uses this
+    /// to re-bootstrap in place.
+    pub async fn replace_from_snapshot(
+        &self,
+        snapshot: std::fs::File,
+    ) -> Result<SnapshotInfo, Error> {
+        let (reply, receiver) = oneshot::channel();
+        self.shared
+            .requests
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .send(Job::Replace { snapshot, reply })
+            .map_err(|_| Error::Closed)?;
+        receiver.await.map_err(|_| Error::Closed)?
+    }
+
     /// Close the store: wait for queued batches to commit and release the environment.
     /// Dropping the last clone does the same.
     pub fn close(self) {
@@ -311,7 +343,7 @@ impl Store {
             .requests
             .as_ref()
             .ok_or(Error::Closed)?
-            .send(request)
+            .send(Job::Batch(request))
             .map_err(|_| Error::Closed)
     }
 }
@@ -331,8 +363,8 @@ impl Drop for Shared {
 struct Committer {
     core: Arc<Core>,
     meta: Meta,
-    /// A request taken from the queue that did not fit the previous group.
-    carried: Option<Request>,
+    /// A job taken from the queue that did not fit the previous group.
+    carried: Option<Job>,
     /// Retention failed (e.g. store full); retry after the next successful commit.
     trim_blocked: bool,
 }
@@ -347,9 +379,9 @@ impl Committer {
         }
     }
 
-    fn run(mut self, queue: &mpsc::Receiver<Request>) {
+    fn run(mut self, queue: &mpsc::Receiver<Job>) {
         loop {
-            let first = match self.carried.take() {
+            let job = match self.carried.take() {
                 Some(request) => request,
                 None if self.needs_trim() => match queue.try_recv() {
                     Ok(request) => request,
@@ -364,13 +396,27 @@ impl Committer {
                     Err(_) => return,
                 },
             };
+            let first = match job {
+                Job::Batch(request) => request,
+                Job::Replace { snapshot, reply } => {
+                    let _ = reply.send(self.replace(snapshot));
+                    continue;
+                }
+            };
             let mut bytes = first.encoded_len();
             let mut group = vec![first];
             while group.len() < self.core.config.max_group_batches {
-                let Ok(next) = queue.try_recv() else { break };
+                let next = match queue.try_recv() {
+                    Ok(Job::Batch(next)) => next,
+                    Ok(replace) => {
+                        self.carried = Some(replace);
+                        break;
+                    }
+                    Err(_) => break,
+                };
                 bytes += next.encoded_len();
                 if bytes > self.core.config.max_batch_bytes {
-                    self.carried = Some(next);
+                    self.carried = Some(Job::Batch(next));
                     break;
                 }
                 group.push(next);
@@ -481,6 +527,46 @@ impl Committer {
         env::write_meta(&mut txn, &reader.dbs.meta, &self.meta).map_err(heed_err)?;
         txn.commit().map_err(heed_err)?;
         Ok(results)
+    }
+
+    /// Swap the whole state for a snapshot's in one transaction (see
+    /// [`Store::replace_from_snapshot`]).
+    fn replace(&mut self, snapshot: std::fs::File) -> Result<SnapshotInfo, Error> {
+        let map_size = self.core.config.map_size;
+        let heed_err = |err| Error::from_heed(err, map_size);
+        let reader = &self.core.reader;
+        let mut txn = reader.env.write_txn().map_err(heed_err)?;
+        reader.dbs.data.clear(&mut txn).map_err(heed_err)?;
+        reader.dbs.log.clear(&mut txn).map_err(heed_err)?;
+        let info = crate::snapshot::load_snapshot(&mut txn, &reader.dbs, snapshot, map_size)?;
+        if info.cluster_id != self.meta.cluster_id {
+            return Err(Error::Corrupt(format!(
+                "the snapshot belongs to cluster {}, this store to {}",
+                crate::hex::encode(&info.cluster_id),
+                crate::hex::encode(&self.meta.cluster_id)
+            )));
+        }
+        if info.seq < self.meta.head {
+            return Err(Error::Replication {
+                message: format!(
+                    "the snapshot at {} is behind this store's head {}",
+                    info.seq, self.meta.head
+                ),
+                fatal: false,
+            });
+        }
+        let meta = info.meta();
+        env::write_meta(&mut txn, &reader.dbs.meta, &meta).map_err(heed_err)?;
+        txn.commit().map_err(heed_err)?;
+        self.meta = meta;
+        self.trim_blocked = false;
+        self.core.head.send_replace(meta.head);
+        tracing::info!(
+            seq = info.seq,
+            pairs = info.pairs,
+            "store replaced from a snapshot"
+        );
+        Ok(info)
     }
 
     fn needs_trim(&self) -> bool {

@@ -75,6 +75,16 @@ pub(crate) struct ServeArgs {
     /// Allow replication in clear text on a non-loopback address.
     #[arg(long)]
     pub(crate) insecure: bool,
+    /// This node's certificate chain (PEM) for mutual TLS on replication links; needs
+    /// --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -175,13 +185,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..StoreConfig::default()
     };
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            quicksilver_kv::ReplTls::from_pem_files(cert, key, ca)
+                .context("cannot set up mutual TLS for replication")?,
+        ),
+        _ => None,
+    };
     if let Some(addr) = args.repl_listen
         && !addr.ip().is_loopback()
+        && tls.is_none()
         && !args.insecure
     {
         bail!(
-            "refusing to serve replication in clear text on {addr}: TLS for replication links \
-             is not built yet; use a loopback address or pass --insecure"
+            "refusing to serve replication in clear text on {addr}: give --tls-cert, --tls-key \
+             and --tls-ca, use a loopback address, or pass --insecure"
         );
     }
     let (store, role) = match args.upstream {
@@ -191,7 +209,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (store, Role::Root)
         }
         Some(upstream) => {
-            let status = Arc::new(ReplicaStatus::new(upstream));
+            let status = Arc::new(match &tls {
+                Some(tls) => ReplicaStatus::with_tls(upstream, tls.clone()),
+                None => ReplicaStatus::new(upstream),
+            });
             let store = quicksilver_kv::open_or_bootstrap(&args.data, config, upstream, &status)
                 .await
                 .with_context(|| {
@@ -209,7 +230,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (store, Role::Replica { status, relay })
         }
     };
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.api))?;
+    let bound = listener.local_addr()?;
     if let Some(addr) = args.repl_listen {
+        // Replicas learn the root's API address through the handshake, for their 403s.
+        let root_api = match &role {
+            Role::Root => quicksilver_kv::RootApi::Here(bound),
+            Role::Replica { status, .. } => quicksilver_kv::RootApi::Relayed(Arc::clone(status)),
+            _ => quicksilver_kv::RootApi::Unknown,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for replication on {addr}"))?;
@@ -217,13 +248,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(quicksilver_kv::serve_replication(
             store.clone(),
             listener,
+            root_api,
+            tls,
             std::future::pending(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(args.api)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.api))?;
-    let bound = listener.local_addr()?;
     // The one line scripts and tests wait for; logs may be silenced, this may not.
     eprintln!("listening on {bound}");
     tracing::info!(data = %args.data.display(), %bound, ?role, "kv node serving");
@@ -452,6 +481,18 @@ async fn status(args: NodeArgs, out: &mut impl Write) -> anyhow::Result<()> {
             .as_str()
             .map_or_else(|| value.to_string(), str::to_owned);
         writeln!(out, "{field:<11}{shown}")?;
+    }
+    if let Some(bootstrap) = answer.get("bootstrap") {
+        let state = if bootstrap["active"] == true {
+            "receiving a snapshot"
+        } else {
+            "idle"
+        };
+        writeln!(
+            out,
+            "{:<11}{state}, {} bytes received, {} completed",
+            "bootstrap", bootstrap["received_bytes"], bootstrap["completed"]
+        )?;
     }
     Ok(())
 }

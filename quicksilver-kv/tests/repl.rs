@@ -1,0 +1,257 @@
+//! Replication in one process: a replica whose position was truncated from its upstream's log
+//! re-bootstraps in place from a snapshot, serving its old data until the new state commits;
+//! and a replica only talks to an upstream whose certificate the cluster CA signed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use quicksilver_kv::{
+    Batch, Durability, ReplicaStatus, Retention, RootApi, Store, StoreConfig, follow,
+    open_or_bootstrap, serve_replication,
+};
+
+fn config(max_entries: u64) -> StoreConfig {
+    StoreConfig {
+        durability: Durability::NoSync,
+        map_size: 256 << 20,
+        retention: Retention {
+            max_entries,
+            ..Retention::default()
+        },
+        ..StoreConfig::default()
+    }
+}
+
+async fn write_keys(root: &Store, batch: usize, keys: usize) {
+    let mut ops = Batch::new();
+    for k in 0..keys {
+        ops = ops.put(format!("bulk/{batch:05}/{k:03}"), format!("{batch}-{k}"));
+    }
+    root.write_async(ops).await.unwrap();
+}
+
+async fn wait_for_head(replica: &Store, root: &Store) {
+    let want = root.reader().head().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = replica.reader().head().unwrap();
+        if got.seq == want.seq {
+            assert_eq!(got.digest, want.digest, "digest differs at seq {}", got.seq);
+            assert_eq!(got.chain, want.chain);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica stuck at {} of {}",
+            got.seq,
+            want.seq
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_truncated_from_the_log_rebootstraps_in_place_and_stays_readable() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root = Store::open(dirs.0.path(), config(20)).unwrap();
+    root.write_async(Batch::new().put("stable", "kept"))
+        .await
+        .unwrap();
+    let root_api: std::net::SocketAddr = "127.0.0.9:7380".parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(serve_replication(
+        root.clone(),
+        listener,
+        RootApi::Here(root_api),
+        None,
+        std::future::pending(),
+    ));
+
+    let status = Arc::new(ReplicaStatus::new(upstream));
+    let replica = open_or_bootstrap(dirs.1.path(), config(1_000_000), upstream, &status)
+        .await
+        .unwrap();
+    let follower = tokio::spawn(follow(replica.clone(), upstream, Arc::clone(&status)));
+    for b in 0..5 {
+        write_keys(&root, b, 100).await;
+    }
+    wait_for_head(&replica, &root).await;
+    let before = replica.reader().head().unwrap().seq;
+    let completed_before = status.bootstraps_completed();
+
+    // The replica goes away; the root writes far past its retained log.
+    follower.abort();
+    let _ = follower.await;
+    for b in 5..200 {
+        write_keys(&root, b, 100).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while root.reader().head().unwrap().log_first <= before + 1 {
+        assert!(Instant::now() < deadline, "the root's retention never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // While it re-bootstraps, every read sees either the old state or the new one, never an
+    // empty or partial store.
+    let reading = Arc::new(AtomicBool::new(true));
+    let reader = replica.reader().clone();
+    let watcher = {
+        let reading = Arc::clone(&reading);
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            let mut seqs = std::collections::BTreeSet::new();
+            while reading.load(Ordering::Relaxed) {
+                let stable = reader.get(b"stable").unwrap();
+                assert_eq!(
+                    stable.value.as_deref(),
+                    Some(&b"kept"[..]),
+                    "at seq {}",
+                    stable.seq
+                );
+                let old = reader.get(b"bulk/00004/099").unwrap();
+                assert!(
+                    old.value.is_some(),
+                    "an old key vanished at seq {}",
+                    old.seq
+                );
+                seqs.insert(stable.seq);
+                reads += 1;
+            }
+            (reads, seqs)
+        })
+    };
+    let follower = tokio::spawn(follow(replica.clone(), upstream, Arc::clone(&status)));
+    wait_for_head(&replica, &root).await;
+    reading.store(false, Ordering::Relaxed);
+    let (reads, seqs) = watcher.join().unwrap();
+    assert!(reads > 0);
+    // Old sequence, then straight to the snapshot's: nothing in between was ever visible.
+    assert!(seqs.contains(&before), "{seqs:?}");
+    assert!(
+        seqs.iter().all(|&s| s == before || s > before + 100),
+        "a partial state was visible: {seqs:?}"
+    );
+
+    // The counter moves just after the commit the head already shows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status.bootstraps_completed() == completed_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status.bootstraps_completed(), completed_before + 1);
+    assert!(!status.is_bootstrapping());
+    assert!(status.bootstrap_received_bytes() > 0);
+    assert_eq!(status.stopped_reason(), None);
+    assert_eq!(
+        status.root_api(),
+        Some(root_api),
+        "WELCOME carries the root's API"
+    );
+    let head = replica.reader().head().unwrap();
+    assert!(
+        head.log_first > before + 1,
+        "the log restarts after the snapshot"
+    );
+    replica.reader().verify().unwrap();
+    assert_eq!(
+        replica
+            .reader()
+            .get(b"bulk/00199/099")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some(&b"199-99"[..])
+    );
+
+    // And it keeps following live writes afterwards.
+    write_keys(&root, 200, 10).await;
+    wait_for_head(&replica, &root).await;
+    follower.abort();
+}
+
+/// Write a CA-signed certificate for 127.0.0.1 and the CA into `dir`; returns the TLS config.
+fn node_tls(
+    dir: &std::path::Path,
+    name: &str,
+    own_ca: &(rcgen::CertificateParams, rcgen::KeyPair),
+    trusted_ca_pem: &str,
+) -> quicksilver_kv::ReplTls {
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::from_params(&own_ca.0, &own_ca.1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = [
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}-ca.pem")),
+    ];
+    std::fs::write(&paths[0], cert.pem()).unwrap();
+    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
+    std::fs::write(&paths[2], trusted_ca_pem).unwrap();
+    quicksilver_kv::ReplTls::from_pem_files(&paths[0], &paths[1], &paths[2]).unwrap()
+}
+
+fn ca() -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (params, key, pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_an_upstream_whose_certificate_another_ca_signed() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cluster, other) = (ca(), ca());
+    let cluster_ca = (cluster.0, cluster.1);
+    let other_ca = (other.0, other.1);
+    let replica_tls = node_tls(certs.path(), "replica", &cluster_ca, &cluster.2);
+    for (name, upstream_ca, should_sync) in [
+        ("genuine", &cluster_ca, true),
+        ("impostor", &other_ca, false),
+    ] {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let root = Store::open(dirs.0.path(), config(1_000)).unwrap();
+        root.write_async(Batch::new().put("k", "v")).await.unwrap();
+        // The upstream trusts the cluster CA for clients either way; only its own certificate
+        // differs.
+        let root_tls = node_tls(certs.path(), name, upstream_ca, &cluster.2);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        tokio::spawn(serve_replication(
+            root.clone(),
+            listener,
+            RootApi::Unknown,
+            Some(root_tls),
+            std::future::pending(),
+        ));
+        let status = ReplicaStatus::with_tls(upstream, replica_tls.clone());
+        let bootstrap = tokio::time::timeout(
+            Duration::from_secs(3),
+            open_or_bootstrap(dirs.1.path(), config(1_000), upstream, &status),
+        )
+        .await;
+        if should_sync {
+            let replica = bootstrap.expect("bootstrapped in time").unwrap();
+            assert_eq!(
+                replica.reader().get(b"k").unwrap().value.as_deref(),
+                Some(&b"v"[..])
+            );
+        } else {
+            assert!(
+                bootstrap.is_err(),
+                "{name}: bootstrapped from an untrusted upstream"
+            );
+            assert_eq!(
+                status.received_bytes(),
+                0,
+                "{name}: protocol bytes were accepted"
+            );
+        }
+    }
+}
