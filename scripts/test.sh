@@ -17,6 +17,9 @@ if ((${#missing[@]})); then
         echo "==> installing test packages: ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # Without systemd, a package's init script may have started its daemon on port 53; the
+        # tests bind 127.0.53.x:53 themselves, so stop what this install just started.
+        for daemon in nsd unbound knotd; do pkill -x "$daemon" 2>/dev/null || true; done
     else
         echo "error: the tests need these Debian packages: ${missing[*]}" >&2
         echo "       install them (sudo apt-get install ${missing[*]}) and run again" >&2
