@@ -12,33 +12,7 @@ use edgekit_dns::proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, RecordType},
 };
-use edgekit_testkit::dns::HierarchyBuilder;
-
-const ROOT: &str = "
-$TTL 86400
-@        IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
-@        IN NS  a.root.
-a.root.  IN A   127.0.0.2
-test.    IN NS  ns1.test.
-ns1.test. IN A  127.0.0.3
-";
-
-const TEST: &str = "
-$TTL 86400
-@             IN SOA ns1.test. hostmaster.test. 1 1800 900 604800 300
-@             IN NS  ns1.test.
-ns1           IN A   127.0.0.3
-example       IN NS  ns1.example.test.
-ns1.example   IN A   127.0.0.4
-";
-
-const EXAMPLE: &str = "
-$TTL 300
-@         IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60
-@         IN NS  ns1.example.test.
-ns1       IN A   127.0.0.4
-www       IN A   192.0.2.1
-";
+use edgekit_testkit::dns::example_test_hierarchy;
 
 /// Kills the server if the test ends before it exits by itself.
 struct ChildGuard(Child);
@@ -76,17 +50,7 @@ fn serves_the_hierarchy_and_exits_0_on_sigterm() {
         .build()
         .unwrap();
     let hierarchy = runtime
-        .block_on(
-            HierarchyBuilder::new()
-                .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
-                .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
-                .server(
-                    "ns1.example.test.",
-                    Ipv4Addr::new(127, 0, 0, 4),
-                    &[("example.test.", EXAMPLE)],
-                )
-                .start(),
-        )
+        .block_on(example_test_hierarchy("").start())
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let hints = dir.path().join("test.root");
@@ -181,17 +145,7 @@ fn sighup_reloads_the_acl_without_restarting() {
         .build()
         .unwrap();
     let hierarchy = runtime
-        .block_on(
-            HierarchyBuilder::new()
-                .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
-                .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
-                .server(
-                    "ns1.example.test.",
-                    Ipv4Addr::new(127, 0, 0, 4),
-                    &[("example.test.", EXAMPLE)],
-                )
-                .start(),
-        )
+        .block_on(example_test_hierarchy("").start())
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let hints = dir.path().join("test.root");

@@ -1,35 +1,13 @@
 //! `edgekit resolve` against an in-process hierarchy of authoritative servers on 127.0.0.x.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::path::PathBuf;
 
 use assert_cmd::Command;
-use edgekit_testkit::dns::{DnsHierarchy, HierarchyBuilder};
+use edgekit_testkit::dns::{DnsHierarchy, example_test_hierarchy};
 use predicates::prelude::*;
 
-const ROOT: &str = "
-$TTL 86400
-@        IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
-@        IN NS  a.root.
-a.root.  IN A   127.0.0.2
-test.    IN NS  ns1.test.
-ns1.test. IN A  127.0.0.3
-";
-
-const TEST: &str = "
-$TTL 86400
-@             IN SOA ns1.test. hostmaster.test. 1 1800 900 604800 300
-@             IN NS  ns1.test.
-ns1           IN A   127.0.0.3
-example       IN NS  ns1.example.test.
-ns1.example   IN A   127.0.0.4
-";
-
-const EXAMPLE: &str = "
-$TTL 300
-@         IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60
-@         IN NS  ns1.example.test.
-ns1       IN A   127.0.0.4
-www       IN A   192.0.2.1
+/// Records in `example.test.` beyond the fixture's `www`.
+const EXAMPLE_RECORDS: &str = "
 alias     IN CNAME www
 ";
 
@@ -48,17 +26,7 @@ fn fixture() -> Fixture {
         .build()
         .unwrap();
     let hierarchy = runtime
-        .block_on(
-            HierarchyBuilder::new()
-                .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
-                .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
-                .server(
-                    "ns1.example.test.",
-                    Ipv4Addr::new(127, 0, 0, 4),
-                    &[("example.test.", EXAMPLE)],
-                )
-                .start(),
-        )
+        .block_on(example_test_hierarchy(EXAMPLE_RECORDS).start())
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let hints = dir.path().join("test.root");

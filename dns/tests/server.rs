@@ -13,36 +13,14 @@ use edgekit_dns::{
         rr::{Name, RData, RecordType},
     },
 };
-use edgekit_testkit::dns::{Behaviour, DnsHierarchy, HierarchyBuilder};
+use edgekit_testkit::dns::{Behaviour, DnsHierarchy, example_test_hierarchy};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
 };
 
-const ROOT: &str = "
-$TTL 86400
-@        IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
-@        IN NS  a.root.
-a.root.  IN A   127.0.0.2
-test.    IN NS  ns1.test.
-ns1.test. IN A  127.0.0.3
-";
-
-const TEST: &str = "
-$TTL 86400
-@             IN SOA ns1.test. hostmaster.test. 1 1800 900 604800 300
-@             IN NS  ns1.test.
-ns1           IN A   127.0.0.3
-example       IN NS  ns1.example.test.
-ns1.example   IN A   127.0.0.4
-";
-
-const EXAMPLE: &str = "
-$TTL 300
-@         IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60
-@         IN NS  ns1.example.test.
-ns1       IN A   127.0.0.4
-www       IN A   192.0.2.1
+/// Records in `example.test.` beyond the fixture's `www`.
+const EXAMPLE_RECORDS: &str = "
 www2      IN A   192.0.2.2
 slow      IN A   192.0.2.3
 slow2     IN A   192.0.2.4
@@ -69,14 +47,7 @@ impl Fixture {
     }
 
     async fn with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
-        let hierarchy = HierarchyBuilder::new()
-            .server("a.root.", Ipv4Addr::new(127, 0, 0, 2), &[(".", ROOT)])
-            .server("ns1.test.", Ipv4Addr::new(127, 0, 0, 3), &[("test.", TEST)])
-            .server(
-                "ns1.example.test.",
-                Ipv4Addr::new(127, 0, 0, 4),
-                &[("example.test.", EXAMPLE)],
-            )
+        let hierarchy = example_test_hierarchy(EXAMPLE_RECORDS)
             .start()
             .await
             .expect("the hierarchy starts");
