@@ -3,6 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -21,6 +22,60 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A running `edgekit dns serve`, with its UDP address and the rest of its stderr.
+struct RunningServer {
+    guard: ChildGuard,
+    udp: SocketAddr,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+/// Start `edgekit dns serve` on 127.0.0.1:0 in front of the hierarchy on `authority_port`, and
+/// wait until it prints its UDP address. Later stderr lines stay readable from the receiver.
+fn start_server(authority_port: u16, hints: &Path, extra_args: &[&str]) -> RunningServer {
+    let child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+        .args([
+            "dns",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-loopback",
+        ])
+        .arg("--root-hints")
+        .arg(hints)
+        .args(extra_args)
+        .env("EDGEKIT_AUTHORITY_PORT", authority_port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let stderr = guard.0.stderr.take().unwrap();
+    let (lines_tx, stderr_lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let udp = loop {
+        let line = stderr_lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server prints its address");
+        if let Some(address) = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.strip_suffix(" (udp)"))
+        {
+            break address.parse().unwrap();
+        }
+    };
+    RunningServer {
+        guard,
+        udp,
+        stderr_lines,
     }
 }
 
@@ -56,37 +111,8 @@ fn serves_the_hierarchy_and_exits_0_on_sigterm() {
     let hints = dir.path().join("test.root");
     std::fs::write(&hints, hierarchy.root_hints()).unwrap();
 
-    let child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
-        .args(["dns", "serve", "--listen", "127.0.0.1:0", "--threads", "2"])
-        .arg("--allow-loopback")
-        .arg("--root-hints")
-        .arg(&hints)
-        .env("EDGEKIT_AUTHORITY_PORT", hierarchy.port().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(child);
-    let stderr = guard.0.stderr.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let server: SocketAddr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the server prints its address");
-        if let Some(address) = line
-            .strip_prefix("listening on ")
-            .and_then(|rest| rest.strip_suffix(" (udp)"))
-        {
-            break address.parse().unwrap();
-        }
-    };
+    let running = start_server(hierarchy.port(), &hints, &["--threads", "2"]);
+    let (mut guard, server) = (running.guard, running.udp);
 
     let answer = ask(server, 42, "www.example.test.");
     assert_eq!(answer.metadata.id, 42);
@@ -153,39 +179,13 @@ fn sighup_reloads_the_acl_without_restarting() {
     let config = dir.path().join("dns.toml");
     std::fs::write(&config, "[server]\nallow = [\"127.0.0.0/8\"]\n").unwrap();
 
-    let child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
-        .args(["dns", "serve", "--listen", "127.0.0.1:0", "--threads", "1"])
-        .arg("--allow-loopback")
-        .arg("--root-hints")
-        .arg(&hints)
-        .arg("--config")
-        .arg(&config)
-        .env("EDGEKIT_AUTHORITY_PORT", hierarchy.port().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(child);
-    let stderr = guard.0.stderr.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let server: SocketAddr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the server prints its address");
-        if let Some(address) = line
-            .strip_prefix("listening on ")
-            .and_then(|rest| rest.strip_suffix(" (udp)"))
-        {
-            break address.parse().unwrap();
-        }
-    };
+    let config_arg = config.to_str().unwrap();
+    let running = start_server(
+        hierarchy.port(),
+        &hints,
+        &["--threads", "1", "--config", config_arg],
+    );
+    let (mut guard, server, lines) = (running.guard, running.udp, running.stderr_lines);
     assert_eq!(
         ask(server, 1, "www.example.test.").metadata.response_code,
         ResponseCode::NoError

@@ -125,6 +125,17 @@ enum Kind {
     Unbound,
 }
 
+impl Kind {
+    /// The daemon's executable name.
+    fn program(self) -> &'static str {
+        match self {
+            Self::Nsd => "nsd",
+            Self::Knot => "knotd",
+            Self::Unbound => "unbound",
+        }
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         // SIGTERM first: nsd's main process then stops its server children itself.
@@ -157,6 +168,33 @@ fn tool(name: &str) -> PathBuf {
     );
 }
 
+/// Write `conf` to `conf_path` and start the peer's daemon in the foreground on it
+/// (`foreground` holds the flag that keeps it from forking, where it needs one).
+fn spawn_daemon(
+    kind: Kind,
+    foreground: &[&str],
+    conf_path: PathBuf,
+    conf: &str,
+    what: String,
+) -> ChildGuard {
+    std::fs::write(&conf_path, conf).unwrap();
+    let program = kind.program();
+    let child = Command::new(tool(program))
+        .args(foreground)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {program}: {err}"));
+    ChildGuard {
+        child,
+        what,
+        config: conf_path,
+        kind,
+    }
+}
+
 fn start_nsd(dir: &Path, label: &str, ip: Ipv4Addr, zones: &[(&str, &str)]) -> ChildGuard {
     let dir = dir.join(label);
     std::fs::create_dir_all(&dir).unwrap();
@@ -176,22 +214,8 @@ fn start_nsd(dir: &Path, label: &str, ip: Ipv4Addr, zones: &[(&str, &str)]) -> C
             "zone:\n  name: \"{origin}\"\n  zonefile: \"{file}\"\n"
         ));
     }
-    let conf_path = dir.join("nsd.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(tool("nsd"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start nsd: {err}"));
-    ChildGuard {
-        child,
-        what: format!("nsd {label} (log: {})", dir.join("nsd.log").display()),
-        config: conf_path,
-        kind: Kind::Nsd,
-    }
+    let what = format!("nsd {label} (log: {})", dir.join("nsd.log").display());
+    spawn_daemon(Kind::Nsd, &["-d"], dir.join("nsd.conf"), &conf, what)
 }
 
 fn start_knot(dir: &Path, ip: Ipv4Addr, zones: &[(&str, &str)]) -> ChildGuard {
@@ -216,21 +240,8 @@ fn start_knot(dir: &Path, ip: Ipv4Addr, zones: &[(&str, &str)]) -> ChildGuard {
             file.display()
         ));
     }
-    let conf_path = dir.join("knot.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(tool("knotd"))
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start knotd: {err}"));
-    ChildGuard {
-        child,
-        what: format!("knotd (log: {})", dir.join("knot.log").display()),
-        config: conf_path,
-        kind: Kind::Knot,
-    }
+    let what = format!("knotd (log: {})", dir.join("knot.log").display());
+    spawn_daemon(Kind::Knot, &[], dir.join("knot.conf"), &conf, what)
 }
 
 fn start_unbound(dir: &Path, hints: &Path) -> ChildGuard {
@@ -246,22 +257,13 @@ fn start_unbound(dir: &Path, hints: &Path) -> ChildGuard {
         d = dir.display(),
         h = hints.display()
     );
-    let conf_path = dir.join("unbound.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new(tool("unbound"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start unbound: {err}"));
-    ChildGuard {
-        child,
-        what: "unbound".into(),
-        config: conf_path,
-        kind: Kind::Unbound,
-    }
+    spawn_daemon(
+        Kind::Unbound,
+        &["-d"],
+        dir.join("unbound.conf"),
+        &conf,
+        "unbound".into(),
+    )
 }
 
 /// Queries an authoritative server has answered so far: NSD's `num.queries`
