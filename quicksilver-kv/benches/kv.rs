@@ -38,6 +38,37 @@ fn populated() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// The baseline: a plain heed environment holding the same 1M pairs in its unnamed database.
+fn raw_heed_env() -> (
+    tempfile::TempDir,
+    heed::Env,
+    heed::Database<'static, heed::types::Bytes, heed::types::Bytes>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: a fresh private directory; nothing else maps or writes these files.
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(1 << 30)
+            .flags(heed::EnvFlags::NO_SYNC)
+            .open(dir.path())
+            .unwrap()
+    };
+    let db = env
+        .create_databases_and_commit(env.write_txn().unwrap(), |opener, wtxn| {
+            let db = opener.create_database(wtxn, None)?;
+            Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut txn = env.write_txn().unwrap();
+    for i in 0..KEYS {
+        db.put(&mut txn, key(i).as_bytes(), &[b'v'; 32][..])
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    (dir, env, db)
+}
+
 /// Cheap per-thread pseudo-random key indexes (xorshift), so the key choice costs nothing.
 struct Keys(u64);
 
@@ -57,6 +88,38 @@ fn reads(c: &mut Criterion) {
     let probes: Arc<Vec<String>> = Arc::new((0..65_536).map(|_| keys.next()).collect());
     let mut group = c.benchmark_group("get_1m_keys");
     group.throughput(Throughput::Elements(1));
+    // Baseline in the same run: raw heed, one read transaction, the same 1M keys and values in
+    // a plain LMDB environment. Everything below is measured against this.
+    let (_raw_dir, raw_env, raw_db) = raw_heed_env();
+    group.bench_function("baseline_raw_heed_get_1_thread", |b| {
+        let txn = raw_env.read_txn().unwrap();
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) & 65_535;
+            black_box(
+                raw_db
+                    .get(&txn, probes[i].as_bytes())
+                    .unwrap()
+                    .unwrap()
+                    .len(),
+            )
+        });
+    });
+    group.bench_function("1_thread_cached_reader", |b| {
+        let mut reader = store.reader().cached();
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) & 65_535;
+            black_box(
+                reader
+                    .get(probes[i].as_bytes())
+                    .unwrap()
+                    .value
+                    .unwrap()
+                    .len(),
+            )
+        });
+    });
     group.bench_function("1_thread_view", |b| {
         let view = store.reader().view().unwrap();
         let mut i = 0;
@@ -65,7 +128,7 @@ fn reads(c: &mut Criterion) {
             black_box(view.get(probes[i].as_bytes()).unwrap().unwrap().len())
         });
     });
-    group.bench_function("1_thread_txn_per_get", |b| {
+    group.bench_function("1_thread_reader_get_copy", |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) & 65_535;
@@ -80,7 +143,21 @@ fn reads(c: &mut Criterion) {
             )
         });
     });
-    // Baseline in the same run: the same probes against an in-memory BTreeMap of 1M keys.
+    group.bench_function("1_thread_reader_get_with", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) & 65_535;
+            black_box(
+                store
+                    .reader()
+                    .get_with(probes[i].as_bytes(), |value| value.map_or(0, <[u8]>::len))
+                    .unwrap()
+                    .value,
+            )
+        });
+    });
+    drop(raw_env);
+    // A second baseline: the same probes against an in-memory BTreeMap of 1M keys.
     let model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = (0..KEYS)
         .map(|i| (key(i).into_bytes(), vec![b'v'; 32]))
         .collect();
@@ -93,7 +170,7 @@ fn reads(c: &mut Criterion) {
     });
     drop(model);
     group.throughput(Throughput::Elements(2));
-    group.bench_function("2_threads_view", |b| {
+    group.bench_function("2_threads_cached_reader", |b| {
         b.iter_custom(|iters| {
             let started = Instant::now();
             std::thread::scope(|scope| {
@@ -101,10 +178,10 @@ fn reads(c: &mut Criterion) {
                     let reader = store.reader().clone();
                     let probes = Arc::clone(&probes);
                     scope.spawn(move || {
-                        let view = reader.view().unwrap();
+                        let mut reader = reader.cached();
                         for n in 0..iters as usize {
                             let probe = &probes[(n * 2 + t) & 65_535];
-                            black_box(view.get(probe.as_bytes()).unwrap().unwrap().len());
+                            black_box(reader.get(probe.as_bytes()).unwrap().value.unwrap().len());
                         }
                     });
                 }

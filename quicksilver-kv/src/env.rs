@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, types::Bytes};
+use heed::{
+    CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls, types::Bytes,
+};
 
 use crate::{Error, StoreDigest, entry::GENESIS_CHECKSUM};
 
@@ -10,6 +12,11 @@ use crate::{Error, StoreDigest, entry::GENESIS_CHECKSUM};
 pub const FORMAT_VERSION: u32 = 1;
 
 pub(crate) type RawDb = Database<'static, Bytes, Bytes>;
+
+/// The environment type: read transactions without thread-local reader slots (`MDB_NOTLS`),
+/// so a thread may hold a cached read transaction ([`crate::CachedReader`]) and still open
+/// views, and a read transaction may move between threads (tokio workers).
+pub(crate) type KvEnv = Env<WithoutTls>;
 
 /// The three named databases: `data` (key -> value), `log` (big-endian seq -> checksum || entry)
 /// and `meta` (see [`Meta`]).
@@ -57,8 +64,12 @@ pub(crate) enum Mode {
 }
 
 /// Open (and for writers create) the environment at `dir`.
-pub(crate) fn open(dir: &Path, map_size: Option<usize>, mode: &Mode) -> Result<(Env, Dbs), Error> {
-    let mut options = EnvOpenOptions::new();
+pub(crate) fn open(
+    dir: &Path,
+    map_size: Option<usize>,
+    mode: &Mode,
+) -> Result<(KvEnv, Dbs), Error> {
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.max_dbs(3).max_readers(256);
     if let Some(map_size) = map_size {
         options.map_size(map_size);

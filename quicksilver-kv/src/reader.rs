@@ -1,16 +1,21 @@
 //! Reads: point gets, prefix scans, the log and whole-store verification, all from LMDB read
 //! transactions, which never wait for the writer.
 
-use std::{ops::Bound, path::Path};
+use std::{ops::Bound, path::Path, sync::Arc};
 
-use heed::{Env, RoTxn, WithTls};
+use heed::{RoTxn, WithoutTls};
+use parking_lot::Mutex;
 
 use crate::{
     Error, StoreDigest,
     entry::{CHECKSUM_LEN, LogEntry, chain_checksum, decode_entry},
-    env::{self, Dbs, Meta},
+    env::{self, Dbs, KvEnv, Meta},
     hex,
 };
+
+/// Idle read transactions a store's [`Reader`] keeps for [`Reader::get`]; more concurrent
+/// readers than this just begin their own.
+const POOLED_TXNS: usize = 64;
 
 /// A handle for reading a store: cheap to clone, usable from any thread.
 ///
@@ -18,8 +23,55 @@ use crate::{
 /// [`Reader::open_read_only`].
 #[derive(Clone)]
 pub struct Reader {
-    pub(crate) env: Env,
+    pub(crate) env: KvEnv,
     pub(crate) dbs: Dbs,
+    /// Read transactions kept between [`Reader::get`] calls (store-owned readers only: the
+    /// committer empties it after every commit, so an idle pooled transaction never pins old
+    /// pages for long). `None` for [`Reader::open_read_only`], which has no committer.
+    pub(crate) pool: Option<Arc<TxnPool>>,
+}
+
+/// See [`Reader::pool`].
+#[derive(Default)]
+pub(crate) struct TxnPool(Mutex<Vec<CachedTxn>>);
+
+impl TxnPool {
+    /// Drop every pooled transaction (they may pin a state older than the last commit).
+    pub(crate) fn clear(&self) {
+        let stale = std::mem::take(&mut *self.0.lock());
+        drop(stale);
+    }
+}
+
+impl Reader {
+    /// Drop the pooled read transactions: called by the committer after every commit.
+    pub(crate) fn release_pooled(&self) {
+        if let Some(pool) = &self.pool {
+            pool.clear();
+        }
+    }
+}
+
+/// A read transaction kept between reads, with the head sequence it observes.
+pub(crate) struct CachedTxn {
+    txn: RoTxn<'static, WithoutTls>,
+    seq: u64,
+}
+
+impl CachedTxn {
+    fn begin(env: &KvEnv, dbs: &Dbs) -> Result<Self, Error> {
+        let txn = env.clone().static_read_txn().map_err(Error::Lmdb)?;
+        let seq = env::read_head(&txn, dbs)?;
+        Ok(Self { txn, seq })
+    }
+
+    /// Whether no write transaction committed since this one began: LMDB's last committed
+    /// transaction id (read from the meta pages, no lock) is still the one it observes. Every
+    /// batch commits in one transaction, so a current view misses no acknowledged batch and
+    /// never shows part of one.
+    fn is_current(&self, env: &KvEnv) -> bool {
+        self.txn.id() == env.info().last_txn_id
+    }
 }
 
 impl std::fmt::Debug for Reader {
@@ -119,7 +171,7 @@ pub struct Verified {
 ///
 /// Hold it briefly: an open view keeps old pages from being reused.
 pub struct ReadView<'r> {
-    txn: RoTxn<'r, WithTls>,
+    txn: RoTxn<'r, WithoutTls>,
     dbs: Dbs,
     seq: u64,
 }
@@ -138,10 +190,7 @@ impl ReadView<'_> {
 
     /// The value of `key`, borrowed from the memory map.
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>, Error> {
-        if key.is_empty() || key.len() > crate::MAX_KEY_LEN {
-            return Ok(None);
-        }
-        self.dbs.data.get(&self.txn, key).map_err(Error::Lmdb)
+        get_in(&self.txn, &self.dbs, key)
     }
 
     /// Up to `limit` pairs whose key starts with `prefix`, strictly after `after` if given.
@@ -215,7 +264,22 @@ impl Reader {
     /// use [`crate::Store::reader`] instead.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self, Error> {
         let (env, dbs) = env::open(dir.as_ref(), None, &env::Mode::ReadOnly)?;
-        Ok(Self { env, dbs })
+        Ok(Self {
+            env,
+            dbs,
+            pool: None,
+        })
+    }
+
+    /// A reader for one thread's many point reads: it keeps its LMDB read transaction open
+    /// between gets and begins a new one only when a write has committed since, so a get costs
+    /// one B-tree lookup and no copy. See [`CachedReader`].
+    pub fn cached(&self) -> CachedReader {
+        CachedReader {
+            env: self.env.clone(),
+            dbs: self.dbs,
+            cached: None,
+        }
     }
 
     /// A consistent view for several reads at one sequence.
@@ -231,12 +295,49 @@ impl Reader {
 
     /// The value of `key` (copied), with the sequence it was read at.
     pub fn get(&self, key: &[u8]) -> Result<Versioned<Option<Vec<u8>>>, Error> {
-        let view = self.view()?;
-        let value = view.get(key)?.map(<[u8]>::to_vec);
-        Ok(Versioned {
-            seq: view.seq,
-            value,
-        })
+        self.get_with(key, |value| value.map(<[u8]>::to_vec))
+    }
+
+    /// The value of `key`, lent to `read` (no copy), with the sequence it was read at.
+    ///
+    /// On a store's reader the read transaction comes from a small pool and is reused while
+    /// no write has committed since it began, so a get is one B-tree lookup; readers never see
+    /// part of a batch and always see every batch acknowledged before the call.
+    pub fn get_with<R>(
+        &self,
+        key: &[u8],
+        read: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<Versioned<R>, Error> {
+        let cached = self.take_txn()?;
+        let value = get_in(&cached.txn, &self.dbs, key)?;
+        let read = Versioned {
+            seq: cached.seq,
+            value: read(value),
+        };
+        self.put_back(cached);
+        Ok(read)
+    }
+
+    /// A current pooled transaction, or a new one.
+    fn take_txn(&self) -> Result<CachedTxn, Error> {
+        if let Some(pool) = &self.pool {
+            let pooled = pool.0.lock().pop();
+            if let Some(cached) = pooled
+                && cached.is_current(&self.env)
+            {
+                return Ok(cached);
+            }
+        }
+        CachedTxn::begin(&self.env, &self.dbs)
+    }
+
+    fn put_back(&self, cached: CachedTxn) {
+        if let Some(pool) = &self.pool {
+            let mut idle = pool.0.lock();
+            if idle.len() < POOLED_TXNS {
+                idle.push(cached);
+            }
+        }
     }
 
     /// A page of a prefix scan (see [`ReadView::scan`]).
@@ -391,6 +492,91 @@ impl Reader {
             log_entries: meta.head + 1 - meta.log_first,
             digest,
         })
+    }
+}
+
+/// A point lookup; keys LMDB could not hold are simply absent.
+fn get_in<'t>(
+    txn: &'t RoTxn<'_, WithoutTls>,
+    dbs: &Dbs,
+    key: &[u8],
+) -> Result<Option<&'t [u8]>, Error> {
+    if key.is_empty() || key.len() > crate::MAX_KEY_LEN {
+        return Ok(None);
+    }
+    dbs.data.get(txn, key).map_err(Error::Lmdb)
+}
+
+/// A reader for one thread's stream of point reads (a request handler's loop, a proxy's
+/// config lookups): it keeps one LMDB read transaction open between gets and begins a new one
+/// only when a write has committed since (LMDB's last transaction id moved), so a get is one
+/// B-tree lookup, borrows the value from the memory map, and allocates nothing.
+///
+/// Every get sees every batch committed before it began and never part of a batch. An open
+/// transaction keeps LMDB from reusing pages freed after it began: call
+/// [`CachedReader::release`] before a thread goes idle for long while writes continue.
+///
+/// ```
+/// use quicksilver_kv::{Store, StoreConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), StoreConfig::default())?;
+/// let mut reader = store.reader().cached();
+/// assert_eq!(reader.get(b"zones/example.com/waf")?.value, None);
+/// store.put("zones/example.com/waf", "on")?;
+/// let read = reader.get(b"zones/example.com/waf")?;
+/// assert_eq!(read.value, Some(&b"on"[..]));
+/// assert_eq!(read.seq, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct CachedReader {
+    env: KvEnv,
+    dbs: Dbs,
+    cached: Option<CachedTxn>,
+}
+
+impl std::fmt::Debug for CachedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedReader")
+            .field("path", &self.env.path())
+            .field("seq", &self.cached.as_ref().map(|cached| cached.seq))
+            .finish()
+    }
+}
+
+impl CachedReader {
+    /// The value of `key`, borrowed from the memory map, with the sequence it was read at.
+    pub fn get(&mut self, key: &[u8]) -> Result<Versioned<Option<&[u8]>>, Error> {
+        let dbs = self.dbs;
+        let cached = self.current()?;
+        Ok(Versioned {
+            seq: cached.seq,
+            value: get_in(&cached.txn, &dbs, key)?,
+        })
+    }
+
+    /// The sequence the next get would observe.
+    pub fn seq(&mut self) -> Result<u64, Error> {
+        Ok(self.current()?.seq)
+    }
+
+    /// Close the kept transaction (the next get begins a new one).
+    pub fn release(&mut self) {
+        self.cached = None;
+    }
+
+    fn current(&mut self) -> Result<&CachedTxn, Error> {
+        // Close a stale transaction before beginning its successor: the reader slot is reused.
+        let cached = match self.cached.take() {
+            Some(cached) if cached.is_current(&self.env) => cached,
+            stale => {
+                drop(stale);
+                CachedTxn::begin(&self.env, &self.dbs)?
+            }
+        };
+        Ok(self.cached.insert(cached))
     }
 }
 

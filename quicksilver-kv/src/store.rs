@@ -171,7 +171,11 @@ impl Store {
         drop(rtxn);
         let (head, _) = watch::channel(meta.head);
         let core = Arc::new(Core {
-            reader: Reader { env, dbs },
+            reader: Reader {
+                env,
+                dbs,
+                pool: Some(Arc::default()),
+            },
             config,
             head,
             stats: Counters::default(),
@@ -447,6 +451,7 @@ impl Committer {
                 }
                 self.trim_blocked = false;
                 self.core.head.send_replace(self.meta.head);
+                self.core.reader.release_pooled();
             }
             Err(err) => {
                 self.meta = saved;
@@ -561,6 +566,7 @@ impl Committer {
         self.meta = meta;
         self.trim_blocked = false;
         self.core.head.send_replace(meta.head);
+        self.core.reader.release_pooled();
         tracing::info!(
             seq = info.seq,
             pairs = info.pairs,
@@ -582,6 +588,7 @@ impl Committer {
         let saved = self.meta;
         match self.try_trim() {
             Ok(trimmed) => {
+                self.core.reader.release_pooled();
                 self.core
                     .stats
                     .trimmed
