@@ -28,7 +28,28 @@ impl Drop for Node {
 }
 
 fn start_node(data: &Path, extra: &[&str]) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgekit"))
+    start_node_limited(data, extra, None)
+}
+
+/// The `kv serve` command line (without a file-size limit).
+fn serve_command(data: &Path, extra: &[&str], file_size_limit: Option<u64>) -> Command {
+    let mut command = match file_size_limit {
+        // bash ignores SIGXFSZ (ignored dispositions survive exec) and sets RLIMIT_FSIZE, then
+        // execs edgekit: a write past the limit fails with EFBIG instead of killing the node.
+        Some(bytes) => {
+            let mut command = Command::new("bash");
+            command.args([
+                "-c",
+                "trap '' XFSZ; ulimit -f \"$1\" || exit 97; shift; exec \"$@\"",
+                "bash",
+                &bytes.div_ceil(1024).to_string(),
+                env!("CARGO_BIN_EXE_edgekit"),
+            ]);
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_edgekit")),
+    };
+    command
         .args([
             "kv",
             "serve",
@@ -39,7 +60,13 @@ fn start_node(data: &Path, extra: &[&str]) -> Node {
         ])
         .arg(data)
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
+/// Start a node, with writes to any file capped at `file_size_limit` bytes when given.
+fn start_node_limited(data: &Path, extra: &[&str], file_size_limit: Option<u64>) -> Node {
+    let mut child = serve_command(data, extra, file_size_limit)
         .stderr(Stdio::piped())
         .spawn()
         .expect("edgekit starts");
@@ -475,7 +502,7 @@ async fn status_of(client: &reqwest::Client, node: &Node) -> Value {
 async fn write_batches(client: &reqwest::Client, root: &Node, first: usize, count: usize) {
     for b in first..first + count {
         let ops: Vec<Value> = (0..50)
-            .map(|k| json!({ "op": "put", "key": format!("tree/{b:04}/{k:02}"), "value": format!("{b}-{k}") }))
+            .map(|k| json!({ "op": "put", "key": format!("tree/{b:05}/{k:02}"), "value": format!("{b}-{k}") }))
             .collect();
         let response = client
             .post(format!("http://{}/v1/batch", root.addr))
@@ -507,14 +534,30 @@ async fn assert_converged(client: &reqwest::Client, root: &Node, node: &Node, na
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let scan = |n: &Node| {
-        client
-            .get(format!("http://{}/v1/kv?prefix=tree/&limit=10000", n.addr))
-            .send()
-    };
-    let ours: Value = scan(node).await.unwrap().json().await.unwrap();
-    let roots: Value = scan(root).await.unwrap().json().await.unwrap();
-    assert_eq!(ours["items"], roots["items"], "{name}: contents differ");
+    let ours = all_items(client, node, "tree/").await;
+    let roots = all_items(client, root, "tree/").await;
+    assert_eq!(ours.len(), roots.len(), "{name}: pair counts differ");
+    assert!(ours == roots, "{name}: contents differ");
+}
+
+/// Every pair under `prefix`, paging through `GET /v1/kv` 10,000 at a time.
+async fn all_items(client: &reqwest::Client, node: &Node, prefix: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..1_000 {
+        // The test keys are plain ASCII letters, digits and `/`: no escaping needed.
+        let mut url = format!("http://{}/v1/kv?prefix={prefix}&limit=10000", node.addr);
+        if let Some(after) = &after {
+            url.push_str(&format!("&after={after}"));
+        }
+        let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+    panic!("more than 1,000 pages under {prefix}");
 }
 
 /// An address of our own on loopback with a fixed port, so a restarted relay comes back where
@@ -525,6 +568,14 @@ fn fixed_relay_addr() -> String {
 
 #[test]
 fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
+    // Batches of 50 writes; the phases below split them 30:20:20:30:10 like the original
+    // 5,500-write run. KV_TREE_WRITES overrides the default (the 100,000).
+    let writes: usize = std::env::var("KV_TREE_WRITES")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(100_000);
+    let batches = (writes / 50).max(110);
+    let part = |share: usize| share * batches / 110;
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let root = start_node(
         dirs[0].path(),
@@ -544,19 +595,19 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
     let leaf_b = start_node(dirs[3].path(), &leaf_args);
     runtime().block_on(async {
         let client = reqwest::Client::new();
-        write_batches(&client, &root, 0, 30).await;
+        write_batches(&client, &root, 0, part(30)).await;
         assert_converged(&client, &root, &leaf_a, "leaf a").await;
 
         // A leaf killed with SIGKILL and restarted continues from its own position.
         drop(leaf_a);
-        write_batches(&client, &root, 30, 20).await;
+        write_batches(&client, &root, part(30), part(20)).await;
         leaf_a = start_node(dirs[2].path(), &leaf_args);
 
         // The relay killed and restarted at the same address; its leaves reconnect.
         drop(relay);
-        write_batches(&client, &root, 50, 20).await;
+        write_batches(&client, &root, part(50), part(20)).await;
         relay = start_node(dirs[1].path(), &relay_args);
-        write_batches(&client, &root, 70, 30).await;
+        write_batches(&client, &root, part(70), part(30)).await;
 
         // By now the root's log starts well after 1: a new, empty leaf must bootstrap from a
         // snapshot streamed while the root keeps writing.
@@ -570,7 +621,7 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
             new_dir.path().join("leaf").as_path(),
             &["--upstream", root_repl.as_str()],
         );
-        write_batches(&client, &root, 100, 10).await;
+        write_batches(&client, &root, part(100), part(10)).await;
 
         for (node, name) in [
             (&relay, "relay"),
@@ -988,4 +1039,181 @@ fn clear_text_replication_on_a_public_address_is_refused() {
         .stderr(predicate::str::contains(
             "refusing to serve replication in clear text",
         ));
+}
+
+/// Write `count` batches of `keys` keys with `value_len`-byte values under `big/`.
+async fn write_big_batches(
+    client: &reqwest::Client,
+    root: &Node,
+    first: usize,
+    count: usize,
+    keys: usize,
+) {
+    let value = "v".repeat(300);
+    for b in first..first + count {
+        let ops: Vec<Value> = (0..keys)
+            .map(|k| json!({ "op": "put", "key": format!("big/{b:04}/{k:05}"), "value": value }))
+            .collect();
+        let response = client
+            .post(format!("http://{}/v1/batch", root.addr))
+            .json(&ops)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "big batch {b} acknowledged");
+    }
+}
+
+/// Wait (bounded) until `node` is at the root's sequence, then compare digest, chain and every
+/// pair under `big/`.
+async fn assert_big_converged(client: &reqwest::Client, root: &Node, node: &Node, name: &str) {
+    let want = status_of(client, root).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = status_of(client, node).await;
+        if got["seq"] == want["seq"] {
+            assert_eq!(got["digest"], want["digest"], "{name}: digest differs");
+            assert_eq!(got["chain"], want["chain"], "{name}: chain differs");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name} never caught up: {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ours = all_items(client, node, "big/").await;
+    let roots = all_items(client, root, "big/").await;
+    assert_eq!(ours.len(), roots.len(), "{name}: pair counts differ");
+    assert!(ours == roots, "{name}: contents differ");
+}
+
+/// Reopen a stopped node's store read-only and recompute everything (log chain, digest by a
+/// full rescan): a crash or a full disk left it consistent, with no repair step.
+fn assert_store_sound(data: &Path) -> u64 {
+    let reader = quicksilver_kv::Reader::open_read_only(data).expect("the store reopens");
+    let verified = reader.verify().expect("chain and digest verify");
+    verified.seq
+}
+
+#[test]
+fn a_replica_killed_mid_bootstrap_and_mid_apply_restarts_and_converges() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root = start_node(dirs[0].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let root_repl = root.repl.expect("the root serves replication").to_string();
+    let replica_data = dirs[1].path().join("replica");
+    let partial = dirs[1].path().join("replica.bootstrap-snapshot");
+    let replica_args = ["--upstream", root_repl.as_str()];
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        // About 9 MB of pairs, so the snapshot takes a while to stream and restore.
+        let started = Instant::now();
+        write_big_batches(&client, &root, 0, 6, 5_000).await;
+        eprintln!("root filled in {:?}", started.elapsed());
+
+        // An empty replica, killed with SIGKILL while its snapshot is still arriving.
+        let mut child = serve_command(&replica_data, &replica_args, None)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("edgekit starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::metadata(&partial).map_or(0, |m| m.len()) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never started receiving its snapshot"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // Restarted, it bootstraps again from scratch and serves.
+        let mut replica = start_node(&replica_data, &replica_args);
+        assert_big_converged(&client, &root, &replica, "after a mid-bootstrap kill").await;
+
+        // Now large batches (5,000 pairs, ~1.5 MB each), and a SIGKILL a few milliseconds
+        // after each is acknowledged at the root: while the replica receives or applies it.
+        let mut mid_apply = 0;
+        for round in 0..4u64 {
+            let before = status_of(&client, &replica).await["seq"].as_u64().unwrap();
+            write_big_batches(&client, &root, 100 + round as usize, 1, 5_000).await;
+            std::thread::sleep(Duration::from_millis(round));
+            drop(replica);
+            let recovered = assert_store_sound(&replica_data);
+            assert!(recovered >= before, "the replica lost applied entries");
+            if recovered == before {
+                mid_apply += 1;
+            }
+            replica = start_node(&replica_data, &replica_args);
+        }
+        eprintln!(
+            "{mid_apply} of 4 kills landed before the batch was applied, at {:?}",
+            started.elapsed()
+        );
+        assert!(
+            mid_apply > 0,
+            "no kill landed before the replica had applied the batch"
+        );
+        assert_big_converged(&client, &root, &replica, "after mid-apply kills").await;
+        drop(replica);
+        assert_eq!(
+            assert_store_sound(&replica_data),
+            status_of(&client, &root).await["seq"].as_u64().unwrap()
+        );
+    });
+}
+
+#[test]
+fn a_replica_on_a_full_disk_reports_it_stays_readable_and_converges_once_space_returns() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root = start_node(dirs[0].path(), &["--repl-listen", "127.0.0.1:0"]);
+    let root_repl = root.repl.expect("the root serves replication").to_string();
+    let replica_data = dirs[1].path().join("replica");
+    let replica_args = ["--upstream", root_repl.as_str()];
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        write_big_batches(&client, &root, 0, 2, 1_000).await;
+        let replica = start_node(&replica_data, &replica_args);
+        assert_big_converged(&client, &root, &replica, "before the disk fills").await;
+        let applied = status_of(&client, &replica).await["seq"].as_u64().unwrap();
+        drop(replica);
+
+        // Restart with no room to grow: the store file may not get more than 64 KiB bigger.
+        let size = std::fs::metadata(replica_data.join("data.mdb"))
+            .unwrap()
+            .len();
+        let replica = start_node_limited(&replica_data, &replica_args, Some(size + (64 << 10)));
+        assert_eq!(status_of(&client, &replica).await["seq"], applied);
+        // ~3 MB more at the root.
+        write_big_batches(&client, &root, 10, 10, 1_000).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            let status = status_of(&client, &replica).await;
+            if status["last_error"].as_str().is_some() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no error reported: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let error = status["last_error"].as_str().unwrap();
+        assert!(error.contains("the disk may be full"), "{status}");
+        assert_eq!(status["stopped"], Value::Null, "a full disk is not fatal");
+        let root_seq = status_of(&client, &root).await["seq"].as_u64().unwrap();
+        assert!(status["seq"].as_u64().unwrap() < root_seq, "{status}");
+        // Reads keep working from what was applied.
+        let read = client
+            .get(format!("http://{}/v1/kv/big/0000/00000", replica.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        assert_eq!(read.text().await.unwrap(), "v".repeat(300));
+        drop(replica);
+        assert!(assert_store_sound(&replica_data) >= applied);
+
+        // Space returns: restarted without the limit, it converges.
+        let replica = start_node(&replica_data, &replica_args);
+        assert_big_converged(&client, &root, &replica, "after space returned").await;
+        assert_eq!(
+            status_of(&client, &replica).await["last_error"],
+            Value::Null
+        );
+    });
 }

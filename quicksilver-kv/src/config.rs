@@ -20,6 +20,12 @@ pub enum Durability {
     /// machine crash may lose recent batches or, per LMDB's documentation, damage the file.
     /// For tests, benchmarks and replicas that can re-fetch from upstream.
     NoSync,
+    /// fsync each group commit's data pages but not LMDB's meta page (`MDB_NOMETASYNC`): one
+    /// disk flush per commit instead of two. The store is never damaged, but a machine crash
+    /// may undo the last committed group (the next commit's flush makes it durable). Meant
+    /// for replicas: they acknowledge nothing to writers and re-fetch anything they lose from
+    /// their upstream, whose chain checksum they continue.
+    DataSync,
 }
 
 /// How long the replication log is kept.

@@ -6,7 +6,7 @@ use heed::{
     CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls, types::Bytes,
 };
 
-use crate::{Error, StoreDigest, entry::GENESIS_CHECKSUM};
+use crate::{Durability, Error, StoreDigest, entry::GENESIS_CHECKSUM};
 
 /// The on-disk format this build writes and reads (`meta` key `format`).
 pub const FORMAT_VERSION: u32 = 1;
@@ -57,7 +57,7 @@ pub(crate) enum Mode {
     /// that cluster id in the same transaction that creates the databases, so no other process
     /// ever sees a half-initialised store.
     Write {
-        no_sync: bool,
+        durability: Durability,
         init: Option<[u8; 16]>,
     },
     ReadOnly,
@@ -75,15 +75,22 @@ pub(crate) fn open(
         options.map_size(map_size);
     }
     match mode {
-        Mode::Write { no_sync, .. } => {
+        Mode::Write { durability, .. } => {
             std::fs::create_dir_all(dir)?;
-            if *no_sync {
+            match durability {
                 // SAFETY: MDB_NOSYNC only skips fsync; LMDB stays consistent after a process
                 // crash. The weaker guarantee on machine crash is documented on
                 // `Durability::NoSync`, which is the only way to get here.
-                unsafe {
+                Durability::NoSync => unsafe {
                     options.flags(EnvFlags::NO_SYNC);
-                }
+                },
+                // SAFETY: MDB_NOMETASYNC still flushes every transaction's data pages before
+                // its meta page is written, so the store is never damaged; only the last
+                // commit may be undone by a machine crash, as `Durability::DataSync` says.
+                Durability::DataSync => unsafe {
+                    options.flags(EnvFlags::NO_META_SYNC);
+                },
+                Durability::Fsync => {}
             }
         }
         Mode::ReadOnly => {

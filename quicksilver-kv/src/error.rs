@@ -2,6 +2,9 @@
 
 use std::io;
 
+/// `EIO` on Linux and the BSDs.
+const EIO: i32 = 5;
+
 /// Everything that can go wrong opening, reading, writing or verifying a store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -17,6 +20,18 @@ pub enum Error {
     StoreFull {
         /// The configured map size in bytes.
         map_size: usize,
+    },
+    /// Writing the store's file failed mid-commit. LMDB reports a short write as EIO, which is
+    /// what a full disk, a quota or a file-size limit (`RLIMIT_FSIZE`) look like, as well as a
+    /// failing disk. The transaction was rolled back: nothing was applied and the store stays
+    /// readable.
+    #[error(
+        "writing the store failed ({source}): the disk may be full, over a quota or file-size \
+         limit, or failing; the commit was rolled back, nothing applied"
+    )]
+    WriteFailed {
+        /// The error LMDB passed on.
+        source: io::Error,
     },
     /// A file-system error outside LMDB (creating the directory, reading a snapshot).
     #[error("I/O: {0}")]
@@ -115,7 +130,7 @@ pub enum Error {
 impl Error {
     /// True when the write was refused because the map or the disk is full.
     pub fn is_full(&self) -> bool {
-        matches!(self, Self::StoreFull { .. })
+        matches!(self, Self::StoreFull { .. } | Self::WriteFailed { .. })
     }
 
     /// True when the requested history was truncated from the log.
@@ -142,8 +157,17 @@ impl Error {
     pub(crate) fn from_heed(err: heed::Error, map_size: usize) -> Self {
         match err {
             heed::Error::Mdb(heed::MdbError::MapFull) => Self::StoreFull { map_size },
-            heed::Error::Io(io_err) if io_err.kind() == io::ErrorKind::StorageFull => {
+            // ENOSPC, or EFBIG: the file may not grow (a quota, RLIMIT_FSIZE).
+            heed::Error::Io(io_err)
+                if matches!(
+                    io_err.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge
+                ) =>
+            {
                 Self::StoreFull { map_size }
+            }
+            heed::Error::Io(source) if source.raw_os_error() == Some(EIO) => {
+                Self::WriteFailed { source }
             }
             other => Self::Lmdb(other),
         }

@@ -194,7 +194,7 @@ impl From<Error> for ApiError {
             Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             err if err.is_bad_input() => StatusCode::BAD_REQUEST,
             Error::Compacted { .. } => StatusCode::GONE,
-            Error::StoreFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::StoreFull { .. } | Error::WriteFailed { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -473,6 +473,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         answer["ms_since_upstream_heard"] = json!(status.millis_since_heard());
         answer["received_bytes"] = Value::from(status.received_bytes());
         answer["stopped"] = json!(status.stopped_reason());
+        answer["last_error"] = json!(status.last_error());
         answer["bootstrap"] = json!({
             "active": status.is_bootstrapping(),
             "received_bytes": status.bootstrap_received_bytes(),

@@ -121,6 +121,7 @@ pub struct ReplicaStatus {
     connected: AtomicBool,
     received_bytes: AtomicU64,
     stopped: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
     bootstrapping: AtomicBool,
     bootstrap_received: AtomicU64,
     bootstraps: AtomicU64,
@@ -160,6 +161,7 @@ impl ReplicaStatus {
             connected: AtomicBool::new(false),
             received_bytes: AtomicU64::new(0),
             stopped: Mutex::new(None),
+            last_error: Mutex::new(None),
             bootstrapping: AtomicBool::new(false),
             bootstrap_received: AtomicU64::new(0),
             bootstraps: AtomicU64::new(0),
@@ -209,6 +211,13 @@ impl ReplicaStatus {
         self.stopped.lock().clone()
     }
 
+    /// The error that ended the last replication session (the link went down, the store is
+    /// full...), while the replica keeps retrying; cleared once a later session applies
+    /// entries again.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
     /// Whether a snapshot is being received right now (a first bootstrap, or a re-bootstrap
     /// after the upstream truncated this replica's position).
     pub fn is_bootstrapping(&self) -> bool {
@@ -234,6 +243,14 @@ impl ReplicaStatus {
         self.heard(head);
         if root_api.is_some() {
             *self.root_api.lock() = root_api;
+        }
+    }
+
+    /// Entries apply again: whatever ended an earlier session is over.
+    fn applied_again(&self) {
+        let mut last_error = self.last_error.lock();
+        if last_error.is_some() {
+            *last_error = None;
         }
     }
 
@@ -778,10 +795,15 @@ pub async fn follow(store: Store, upstream: SocketAddr, status: Arc<ReplicaStatu
             *status.stopped.lock() = Some(err.to_string());
             return err;
         }
-        tracing::warn!(%upstream, error = %err, "replication link down; reconnecting");
+        if err.is_full() {
+            tracing::error!(%upstream, error = %err, "replica store full; retrying");
+        } else {
+            tracing::warn!(%upstream, error = %err, "replication link down; reconnecting");
+        }
         if store.stats().batches > applied_before {
             backoff.reset();
         }
+        *status.last_error.lock() = Some(err.to_string());
         backoff.wait().await;
     }
 }
@@ -802,16 +824,22 @@ async fn session(store: &Store, upstream: SocketAddr, status: &ReplicaStatus) ->
     // Whatever ended the session, let queued records land before the next HELLO reads our
     // head, or the next session would be offered records we already applied. A refusal among
     // them is the more important error.
-    let mut drained = Ok(());
+    let mut drained: Result<(), Error> = Ok(());
     for pending in in_flight.drain(..) {
-        if let Err(err) = pending.await
-            && drained.is_ok()
-        {
-            drained = Err(err);
+        if let Err(err) = pending.await {
+            // The first refusal of a tampered entry wins over everything; otherwise the first
+            // error (later records fail only because an earlier one was not applied).
+            let refusal = err.is_corrupt();
+            if drained.is_ok() || (refusal && !drained.as_ref().is_err_and(Error::is_corrupt)) {
+                drained = Err(err);
+            }
         }
     }
-    drained?;
-    result
+    match (result, drained) {
+        (_, Err(err)) if err.is_corrupt() => Err(err),
+        (Err(err), _) | (Ok(()), Err(err)) => Err(err),
+        (Ok(()), Ok(())) => Ok(()),
+    }
 }
 
 type InFlight =
@@ -828,8 +856,10 @@ async fn receive<R: AsyncRead + Unpin>(
         while let Some(front) = in_flight.front_mut() {
             match futures::FutureExt::now_or_never(front) {
                 Some(result) => {
-                    result?;
+                    // Popped before `?`: a finished future must never be polled again.
                     in_flight.pop_front();
+                    result?;
+                    status.applied_again();
                 }
                 None => break,
             }

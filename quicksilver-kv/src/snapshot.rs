@@ -8,11 +8,7 @@ use std::{
 
 use heed::RwTxn;
 
-use crate::{
-    Error, Reader, Store, StoreConfig, StoreDigest,
-    config::{Durability, MAX_KEY_LEN},
-    env,
-};
+use crate::{Error, Reader, Store, StoreConfig, StoreDigest, config::MAX_KEY_LEN, env};
 
 const MAGIC: &[u8; 8] = b"QSKVSNAP";
 const SNAPSHOT_VERSION: u8 = 1;
@@ -103,12 +99,11 @@ impl Store {
         let dir = dir.as_ref();
         config.validate()?;
         let info = {
-            let no_sync = config.durability == Durability::NoSync;
             let (lmdb, dbs) = env::open(
                 dir,
                 Some(config.map_size),
                 &env::Mode::Write {
-                    no_sync,
+                    durability: config.durability,
                     init: None,
                 },
             )?;

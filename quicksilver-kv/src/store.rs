@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     Batch, Error, LogRecord, Reader, SnapshotInfo, StoreConfig,
-    config::{Durability, MAX_KEY_LEN},
+    config::MAX_KEY_LEN,
     entry::{Op, chain_checksum, encode_entry},
     env::{self, Dbs, Meta},
     reader::check_record,
@@ -136,12 +136,14 @@ impl Store {
         cluster: Option<[u8; 16]>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let no_sync = config.durability == Durability::NoSync;
         let init = Some(cluster.unwrap_or_else(rand::random));
         let (env, dbs) = env::open(
             dir,
             Some(config.map_size),
-            &env::Mode::Write { no_sync, init },
+            &env::Mode::Write {
+                durability: config.durability,
+                init,
+            },
         )?;
         let map_size = config.map_size;
         let rtxn = env
@@ -499,13 +501,19 @@ impl Committer {
                     results.push(Ok(seq));
                 }
                 Request::Replicate { record, .. } => {
+                    // A record out of sequence is a gap (an earlier one was not applied, e.g. the
+                    // disk was full) or a duplicate, not tampering: the session restarts from
+                    // this store's head. A record in sequence that does not chain is refused.
                     let checked = if record.seq == seq {
                         check_record(record, &self.meta.chain)
                     } else {
-                        Err(Error::Corrupt(format!(
-                            "replicated entry {} does not follow head {}",
-                            record.seq, self.meta.head
-                        )))
+                        Err(Error::Replication {
+                            message: format!(
+                                "replicated entry {} does not follow head {}",
+                                record.seq, self.meta.head
+                            ),
+                            fatal: false,
+                        })
                     };
                     match checked {
                         Ok(decoded) => {

@@ -56,7 +56,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) api: SocketAddr,
     /// Do not fsync commits: survives a process crash, not a machine crash. For tests and
-    /// benchmarks.
+    /// benchmarks. (Without it the root fsyncs every group commit fully; a replica flushes
+    /// each commit's data pages once and re-fetches from upstream whatever a machine crash
+    /// undoes.)
     #[arg(long)]
     pub(crate) no_fsync: bool,
     /// Largest value accepted, in bytes.
@@ -175,6 +177,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = StoreConfig {
         durability: if args.no_fsync {
             Durability::NoSync
+        } else if args.upstream.is_some() {
+            Durability::DataSync
         } else {
             Durability::Fsync
         },
