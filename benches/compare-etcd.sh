@@ -93,6 +93,10 @@ rate() {
 
 etcd_put=$(rate -p "$work/put.json" -T application/json "$etcd_url/v3/kv/put")
 kv_put=$(rate -u "$work/value.bin" -T application/octet-stream "$kv_url/v1/kv/bench/key")
+# How many writes each group commit (one transaction, one round of syncs) carried.
+kv_metrics=$(curl -fs "$kv_url/metrics")
+kv_batches=$(awk '/^quicksilver_kv_batches_total / {print $2}' <<<"$kv_metrics")
+kv_groups=$(awk '/^quicksilver_kv_group_commits_total / {print $2}' <<<"$kv_metrics")
 etcd_get=$(rate -p "$work/range.json" -T application/json "$etcd_url/v3/kv/range")
 kv_get=$(rate "$kv_url/v1/kv/bench/key")
 
@@ -101,5 +105,6 @@ echo "edgekit binary: $EDGEKIT"
 printf '%-34s %12s %12s %8s\n' "" "etcd req/s" "kv req/s" "ratio"
 printf '%-34s %12.0f %12.0f %7.2fx\n' "durable writes (PUT one key)" "$etcd_put" "$kv_put" \
     "$(awk -v a="$kv_put" -v b="$etcd_put" 'BEGIN {print a / b}')"
+echo "kv group commit: $kv_batches writes in $kv_groups transactions"
 printf '%-34s %12.0f %12.0f %7.2fx\n' "reads (GET one key)" "$etcd_get" "$kv_get" \
     "$(awk -v a="$kv_get" -v b="$etcd_get" 'BEGIN {print a / b}')"

@@ -8,6 +8,7 @@ use std::{
         mpsc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use heed::RwTxn;
@@ -24,6 +25,11 @@ use crate::{
 /// Log entries trimmed per retention transaction, so a big trim never holds the write lock
 /// for long and queued writers get in between chunks.
 const TRIM_CHUNK: usize = 4096;
+
+/// Longest a group commit waits for more concurrent writers (see `Committer::run`): small
+/// next to a durable commit's two disk flushes (milliseconds), long enough for a burst of
+/// HTTP writers to arrive.
+const GATHER_MAX: Duration = Duration::from_micros(500);
 
 /// A quicksilver-kv store opened for writing: the root's store (or, later, a replica's).
 ///
@@ -373,6 +379,8 @@ struct Committer {
     carried: Option<Job>,
     /// Retention failed (e.g. store full); retry after the next successful commit.
     trim_blocked: bool,
+    /// Writes (not replicated records) in the last group, for the gather wait.
+    last_group_writes: usize,
 }
 
 impl Committer {
@@ -382,6 +390,7 @@ impl Committer {
             meta,
             carried: None,
             trim_blocked: false,
+            last_group_writes: 0,
         }
     }
 
@@ -409,16 +418,33 @@ impl Committer {
                     continue;
                 }
             };
+            // Writers under concurrency come back in a burst right after their answers: if the
+            // last group carried several writes, wait briefly for about as many again, so one
+            // transaction and one round of syncs carries the whole burst instead of splitting
+            // it across two. A lone writer (last group of one) and replicated records never wait.
+            let gather_until = (matches!(first, Request::Write { .. })
+                && self.last_group_writes > 1)
+                .then(|| Instant::now() + GATHER_MAX);
             let mut bytes = first.encoded_len();
             let mut group = vec![first];
             while group.len() < self.core.config.max_group_batches {
-                let next = match queue.try_recv() {
-                    Ok(Job::Batch(next)) => next,
-                    Ok(replace) => {
+                let polled = match queue.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::TryRecvError::Empty) => match gather_until {
+                        Some(deadline) if group.len() < self.last_group_writes => deadline
+                            .checked_duration_since(Instant::now())
+                            .and_then(|left| queue.recv_timeout(left).ok()),
+                        _ => None,
+                    },
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                };
+                let next = match polled {
+                    Some(Job::Batch(next)) => next,
+                    Some(replace) => {
                         self.carried = Some(replace);
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 };
                 bytes += next.encoded_len();
                 if bytes > self.core.config.max_batch_bytes {
@@ -427,6 +453,10 @@ impl Committer {
                 }
                 group.push(next);
             }
+            self.last_group_writes = group
+                .iter()
+                .filter(|request| matches!(request, Request::Write { .. }))
+                .count();
             self.commit_group(group);
         }
     }
