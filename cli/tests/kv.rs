@@ -516,6 +516,19 @@ async fn write_batches(client: &reqwest::Client, root: &Node, first: usize, coun
 
 /// Wait (bounded) until `node` reports the root's sequence, then compare digests and contents.
 async fn assert_converged(client: &reqwest::Client, root: &Node, node: &Node, name: &str) {
+    let roots = all_items(client, root, "tree/").await;
+    assert_converged_to(client, root, node, name, &roots).await;
+}
+
+/// [`assert_converged`] against the root's pairs read once (the root takes no writes
+/// meanwhile).
+async fn assert_converged_to(
+    client: &reqwest::Client,
+    root: &Node,
+    node: &Node,
+    name: &str,
+    roots: &[Value],
+) {
     let want = status_of(client, root).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -535,7 +548,6 @@ async fn assert_converged(client: &reqwest::Client, root: &Node, node: &Node, na
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ours = all_items(client, node, "tree/").await;
-    let roots = all_items(client, root, "tree/").await;
     assert_eq!(ours.len(), roots.len(), "{name}: pair counts differ");
     assert!(ours == roots, "{name}: contents differ");
 }
@@ -623,13 +635,14 @@ fn a_root_relay_leaves_tree_converges_through_kills_and_a_snapshot_bootstrap() {
         );
         write_batches(&client, &root, part(100), part(10)).await;
 
+        let roots = all_items(&client, &root, "tree/").await;
         for (node, name) in [
             (&relay, "relay"),
             (&leaf_a, "leaf a"),
             (&leaf_b, "leaf b"),
             (&new_leaf, "new leaf"),
         ] {
-            assert_converged(&client, &root, node, name).await;
+            assert_converged_to(&client, &root, node, name, &roots).await;
         }
         let relay_status = status_of(&client, &relay).await;
         assert_eq!(relay_status["role"], "relay");

@@ -43,6 +43,25 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
+/// Same-run baseline: p50/p99 of one 4 KiB write + fdatasync on this disk, the unit every
+/// commit on the propagation path pays at least once.
+fn raw_fsync_latency(samples: usize) -> (Duration, Duration) {
+    use std::io::{Seek, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("raw")).unwrap();
+    let mut latencies: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let started = Instant::now();
+            file.seek(std::io::SeekFrom::Start(0)).unwrap();
+            file.write_all(&[b'r'; 4096]).unwrap();
+            file.sync_data().unwrap();
+            started.elapsed()
+        })
+        .collect();
+    latencies.sort_unstable();
+    (percentile(&latencies, 0.50), percentile(&latencies, 0.99))
+}
+
 /// `replicas`: the relay's and the leaf's durability (the root always fsyncs fully).
 async fn propagation(rate: u64, writes: u64, replicas: Durability) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -207,11 +226,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        let (p50, p99) = raw_fsync_latency(1_000);
+        println!("baseline: one 4 KiB write + fdatasync, 1000 samples: p50 {p50:?}  p99 {p99:?}");
         // Replicas at full fsync are the same-run baseline for the default replica setting.
         propagation(1_000, 3_000, Durability::Fsync).await;
         propagation(1_000, 3_000, Durability::DataSync).await;
         propagation(10_000, 20_000, Durability::Fsync).await;
         propagation(10_000, 20_000, Durability::DataSync).await;
+        let (p50, p99) = raw_fsync_latency(1_000);
+        println!("baseline again: one 4 KiB write + fdatasync: p50 {p50:?}  p99 {p99:?}");
         // `KV_REPL_BENCH=propagation` stops here (the two below take a while).
         if std::env::var("KV_REPL_BENCH").as_deref() == Ok("propagation") {
             return;

@@ -474,30 +474,46 @@ async fn serve_one(
     }
     out.flush().await?;
     let mut head_rx = store.subscribe();
+    // Subscribed before the first log read, so a record announced meanwhile is not missed.
+    let mut passed_on = store.subscribe_received();
     loop {
-        head_rx.borrow_and_update();
-        let records = {
-            let reader = reader.clone();
-            tokio::task::spawn_blocking(move || reader.log_after(position, RECORDS_PER_READ))
-                .await
-                .map_err(|_| Error::Closed)??
-        };
-        if let Some(last) = records.last() {
-            position = last.seq;
-            for record in records {
-                write_frame(&mut out, &Frame::Record(record)).await?;
+        let local_head = *head_rx.borrow_and_update();
+        // `position` may be ahead of our own head after passing records on (below).
+        if position < local_head {
+            let records = {
+                let reader = reader.clone();
+                tokio::task::spawn_blocking(move || reader.log_after(position, RECORDS_PER_READ))
+                    .await
+                    .map_err(|_| Error::Closed)??
+            };
+            if let Some(last) = records.last() {
+                position = last.seq;
+                for record in records {
+                    write_frame(&mut out, &Frame::Record(record)).await?;
+                }
+                out.flush().await?;
+                continue;
             }
-            out.flush().await?;
-            continue;
         }
         let beat = Frame::Heartbeat {
-            head: *head_rx.borrow(),
+            head: local_head.max(position),
             clock_ms: now_ms(),
         };
         write_frame(&mut out, &beat).await?;
         out.flush().await?;
         tokio::select! {
             changed = head_rx.changed() => changed.map_err(|_| Error::Closed)?,
+            received = passed_on.recv() => match received {
+                // The next record this replica needs, straight from our upstream.
+                Ok(record) if record.seq == position + 1 => {
+                    position = record.seq;
+                    write_frame(&mut out, &Frame::Record((*record).clone())).await?;
+                    out.flush().await?;
+                }
+                // Older, or after a gap: the log path above serves it once committed.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(Error::Closed),
+            },
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
         }
     }
@@ -880,6 +896,7 @@ async fn receive<R: AsyncRead + Unpin>(
             }
             Frame::Record(record) => {
                 status.heard(record.seq);
+                store.announce_received(&record);
                 // Verified against our own chain inside the committer; refused = nothing applied.
                 in_flight.push_back(Box::pin(store.submit_replicated(record)?));
             }

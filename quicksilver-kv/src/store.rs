@@ -26,6 +26,10 @@ use crate::{
 /// for long and queued writers get in between chunks.
 const TRIM_CHUNK: usize = 4096;
 
+/// Received records a slow downstream session may fall behind by before it reads the log
+/// instead.
+const RECEIVED_BACKLOG: usize = 4096;
+
 /// Longest a group commit waits for more concurrent writers (see `Committer::run`): small
 /// next to a durable commit's two disk flushes (milliseconds), long enough for a burst of
 /// HTTP writers to arrive.
@@ -52,6 +56,9 @@ struct Core {
     reader: Reader,
     config: StoreConfig,
     head: watch::Sender<u64>,
+    /// Records this replica received from its upstream, announced before they are committed
+    /// here so a relay can pass them on at once (see `repl::serve_one`).
+    received: tokio::sync::broadcast::Sender<Arc<LogRecord>>,
     stats: Counters,
 }
 
@@ -178,6 +185,7 @@ impl Store {
         };
         drop(rtxn);
         let (head, _) = watch::channel(meta.head);
+        let (received, _) = tokio::sync::broadcast::channel(RECEIVED_BACKLOG);
         let core = Arc::new(Core {
             reader: Reader {
                 env,
@@ -186,6 +194,7 @@ impl Store {
             },
             config,
             head,
+            received,
             stats: Counters::default(),
         });
         let (requests, queue) = mpsc::channel();
@@ -215,6 +224,21 @@ impl Store {
     /// Watch the head sequence: changes after every commit.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.core.head.subscribe()
+    }
+
+    /// Tell this node's downstream sessions about a record just received from upstream,
+    /// before it is committed here. A relay forwards it at once: the record is already durable
+    /// at the root (which only serves what it committed), and every replica checks the chain
+    /// itself, so this takes the relay's own disk flush off the propagation path.
+    pub(crate) fn announce_received(&self, record: &LogRecord) {
+        if self.shared.core.received.receiver_count() > 0 {
+            let _ = self.shared.core.received.send(Arc::new(record.clone()));
+        }
+    }
+
+    /// Records announced by [`Store::announce_received`].
+    pub(crate) fn subscribe_received(&self) -> tokio::sync::broadcast::Receiver<Arc<LogRecord>> {
+        self.shared.core.received.subscribe()
     }
 
     /// Counters since open.
