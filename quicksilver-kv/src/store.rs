@@ -294,7 +294,7 @@ impl Store {
         Ok(())
     }
 
-    /// Commit a batch atomically and durably (per [`Durability`]); returns its sequence.
+    /// Commit a batch atomically and durably (per [`crate::Durability`]); returns its sequence.
     ///
     /// Blocks until the group commit that carries it is done. Do not call from inside an async
     /// task: use [`Store::write_async`] there.
