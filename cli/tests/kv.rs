@@ -1199,15 +1199,29 @@ fn a_replica_on_a_full_disk_reports_it_stays_readable_and_converges_once_space_r
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             let status = status_of(&client, &replica).await;
-            if status["last_error"].as_str().is_some() {
+            // Other errors may come first (a link reset); the write failure must come.
+            if status["last_error"]
+                .as_str()
+                .is_some_and(|error| error.contains("writing the store failed"))
+            {
                 break status;
             }
-            assert!(Instant::now() < deadline, "no error reported: {status}");
+            assert!(
+                Instant::now() < deadline,
+                "no write failure reported: {status}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let error = status["last_error"].as_str().unwrap();
         assert!(error.contains("the disk may be full"), "{status}");
         assert_eq!(status["stopped"], Value::Null, "a full disk is not fatal");
+        edgekit()
+            .args(["kv", "status", "--node", &replica.addr.to_string()])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(
+                "last_error writing the store failed",
+            ));
         let root_seq = status_of(&client, &root).await["seq"].as_u64().unwrap();
         assert!(status["seq"].as_u64().unwrap() < root_seq, "{status}");
         // Reads keep working from what was applied.

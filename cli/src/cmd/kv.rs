@@ -498,6 +498,12 @@ async fn status(args: NodeArgs, out: &mut impl Write) -> anyhow::Result<()> {
             "bootstrap", bootstrap["received_bytes"], bootstrap["completed"]
         )?;
     }
+    // A replica's trouble, when it has any: stopped for good, or retrying after an error.
+    for field in ["stopped", "last_error"] {
+        if let Some(reason) = answer[field].as_str() {
+            writeln!(out, "{field:<11}{reason}")?;
+        }
+    }
     Ok(())
 }
 
