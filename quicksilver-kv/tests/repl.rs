@@ -1,6 +1,7 @@
 //! Replication in one process: a replica whose position was truncated from its upstream's log
 //! re-bootstraps in place from a snapshot, serving its old data until the new state commits;
-//! and a replica only talks to an upstream whose certificate the cluster CA signed.
+//! a replica only talks to an upstream whose certificate the cluster CA signed; and a leaf
+//! ahead of its relay (possible since relays forward before committing) waits for it.
 
 use std::{
     sync::{
@@ -254,4 +255,93 @@ async fn a_replica_refuses_an_upstream_whose_certificate_another_ca_signed() {
             );
         }
     }
+}
+
+async fn serve(store: &Store) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_replication(
+        store.clone(),
+        listener,
+        RootApi::Unknown,
+        None,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// A relay forwards records before its own commit, so after a relay crash a leaf can be ahead
+/// of it. The leaf must then be refused without harm (ERROR 5, retried, nothing rolled back)
+/// and continue through the relay once the relay has caught up from the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_ahead_of_its_relay_waits_for_it_and_then_continues_through_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let root = Store::open(dirs[0].path(), config(1_000_000)).unwrap();
+    root.write_async(Batch::new().put("first", "1"))
+        .await
+        .unwrap();
+    let root_addr = serve(&root).await;
+
+    // The relay follows the root for a while, then stops (as if it crashed) at `behind`.
+    let relay_status = Arc::new(ReplicaStatus::new(root_addr));
+    let relay = open_or_bootstrap(
+        &dirs[1].path().join("relay"),
+        config(1_000_000),
+        root_addr,
+        &relay_status,
+    )
+    .await
+    .unwrap();
+    let relay_follower = tokio::spawn(follow(relay.clone(), root_addr, Arc::clone(&relay_status)));
+    for b in 0..5 {
+        write_keys(&root, b, 10).await;
+    }
+    wait_for_head(&relay, &root).await;
+    relay_follower.abort();
+    let _ = relay_follower.await;
+    let behind = relay.reader().head().unwrap().seq;
+    let relay_addr = serve(&relay).await;
+
+    // The leaf gets further, straight from the root.
+    let leaf_dir = dirs[2].path().join("leaf");
+    let direct = Arc::new(ReplicaStatus::new(root_addr));
+    let leaf = open_or_bootstrap(&leaf_dir, config(1_000_000), root_addr, &direct)
+        .await
+        .unwrap();
+    let leaf_follower = tokio::spawn(follow(leaf.clone(), root_addr, Arc::clone(&direct)));
+    for b in 5..10 {
+        write_keys(&root, b, 10).await;
+    }
+    wait_for_head(&leaf, &root).await;
+    leaf_follower.abort();
+    let _ = leaf_follower.await;
+    let ahead = leaf.reader().head().unwrap().seq;
+    assert!(ahead > behind);
+
+    // Pointed at the relay, which is behind it: refused, retried, never rolled back.
+    let via_relay = Arc::new(ReplicaStatus::new(relay_addr));
+    let leaf_follower = tokio::spawn(follow(leaf.clone(), relay_addr, Arc::clone(&via_relay)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(error) = via_relay.last_error() {
+            assert!(error.contains("ahead"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leaf was never refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(via_relay.stopped_reason(), None, "being ahead is not fatal");
+    assert_eq!(leaf.reader().head().unwrap().seq, ahead);
+
+    // The relay comes back and catches up from the root; the leaf continues through it.
+    let relay_follower = tokio::spawn(follow(relay.clone(), root_addr, Arc::clone(&relay_status)));
+    for b in 10..15 {
+        write_keys(&root, b, 10).await;
+    }
+    wait_for_head(&relay, &root).await;
+    wait_for_head(&leaf, &root).await;
+    assert_eq!(via_relay.stopped_reason(), None);
+    leaf.reader().verify().unwrap();
+    leaf_follower.abort();
+    relay_follower.abort();
 }
