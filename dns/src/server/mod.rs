@@ -11,6 +11,7 @@ mod rate_limit;
 mod respond;
 mod special_use;
 mod stats;
+mod udp;
 
 use std::{
     collections::HashMap,
@@ -18,7 +19,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,7 +28,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream},
     sync::{Semaphore, mpsc, watch},
     task::JoinHandle,
 };
@@ -66,6 +67,9 @@ pub enum ServerError {
         /// The OS error.
         source: io::Error,
     },
+    /// A UDP worker thread could not be started.
+    #[error("cannot start a UDP worker thread: {0}")]
+    Thread(io::Error),
 }
 
 /// A running server. [`DnsServer::shutdown`] stops it and waits for answers in flight.
@@ -78,6 +82,9 @@ pub struct DnsServer {
     /// The configuration running, to tell what a reload cannot change.
     config: Mutex<ServerConfig>,
     listeners: Vec<JoinHandle<()>>,
+    /// One blocking thread per UDP socket (see `udp.rs`); they stop when `udp_stop` is set.
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
+    udp_stop: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     in_flight: Arc<()>,
 }
@@ -99,7 +106,9 @@ impl DnsServer {
         let core = Arc::new(Core {
             resolver,
             cache,
-            policy: parking_lot::RwLock::new(Policy::from_config(&config)),
+            policy: parking_lot::RwLock::new(Arc::new(Policy::from_config(&config))),
+            policy_generation: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
             rate_limiter: (config.rate_limit_per_client > 0).then(|| {
                 let burst = match config.rate_limit_burst {
                     0 => config.rate_limit_per_client,
@@ -127,6 +136,8 @@ impl DnsServer {
             metrics_address: None,
             config: Mutex::new(config.clone()),
             listeners: Vec::new(),
+            udp_threads: Vec::new(),
+            udp_stop: Arc::new(AtomicBool::new(false)),
             shutdown,
             in_flight,
         };
@@ -146,17 +157,21 @@ impl DnsServer {
                 })?);
             }
             for socket in udp_sockets {
-                let socket = UdpSocket::from_std(socket).map_err(|source| ServerError::Bind {
-                    address: bound,
-                    protocol: "udp",
-                    source,
-                })?;
-                let task = udp_loop(
+                // The worker thread blocks in recvmmsg (with a timeout to notice the stop flag).
+                socket
+                    .set_nonblocking(false)
+                    .map_err(bind_error(bound, "udp"))?;
+                let (core, stop, guard) = (
                     server.core.clone(),
-                    Arc::new(socket),
+                    server.udp_stop.clone(),
                     server.in_flight.clone(),
                 );
-                server.listeners.push(tokio::spawn(task));
+                let socket = Arc::new(socket);
+                let thread = std::thread::Builder::new()
+                    .name("edgekit-dns-udp".into())
+                    .spawn(move || udp::serve(core, socket, stop, guard))
+                    .map_err(ServerError::Thread)?;
+                server.udp_threads.push(thread);
             }
             let listener = TcpListener::from_std(tcp).map_err(|source| ServerError::Bind {
                 address: bound,
@@ -257,7 +272,8 @@ impl DnsServer {
         applied.allow = config.allow.clone();
         applied.prefetch_percent = config.prefetch_percent;
         applied.stale_client_timeout_ms = config.stale_client_timeout_ms;
-        *self.core.policy.write() = Policy::from_config(&applied);
+        *self.core.policy.write() = Arc::new(Policy::from_config(&applied));
+        self.core.policy_generation.fetch_add(1, Ordering::Release);
         *running = applied;
         Ok(needs_restart)
     }
@@ -298,6 +314,7 @@ impl DnsServer {
         for listener in self.listeners.drain(..) {
             listener.abort();
         }
+        self.udp_stop.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + grace;
         while Arc::strong_count(&self.in_flight) > 1 {
@@ -315,6 +332,7 @@ impl Drop for DnsServer {
         for listener in &self.listeners {
             listener.abort();
         }
+        self.udp_stop.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
     }
 }
@@ -355,8 +373,12 @@ type TemplateReceiver = watch::Receiver<Option<Arc<[u8]>>>;
 struct Core {
     resolver: Resolver,
     cache: PacketCache,
-    /// What a reload can change.
-    policy: parking_lot::RwLock<Policy>,
+    /// What a reload can change; replaced whole, and `policy_generation` bumped, on reload so
+    /// UDP workers re-read it only when it changed.
+    policy: parking_lot::RwLock<Arc<Policy>>,
+    policy_generation: AtomicU64,
+    /// Where misses from the UDP worker threads are resolved.
+    runtime: tokio::runtime::Handle,
     /// Per-client token buckets, when the limit is on.
     rate_limiter: Option<rate_limit::RateLimiter>,
     counters: Counters,
@@ -390,13 +412,96 @@ impl Policy {
     }
 }
 
-impl Core {
+impl Policy {
     fn allowed(&self, client: IpAddr) -> bool {
-        self.policy
-            .read()
-            .acl
-            .iter()
-            .any(|network| network.contains(client))
+        self.acl.iter().any(|network| network.contains(client))
+    }
+}
+
+/// A worker's copy of the policy and the generation it was read at.
+#[derive(Debug)]
+struct PolicyView {
+    generation: u64,
+    policy: Arc<Policy>,
+}
+
+/// The counters the hot path bumps, kept by one worker and added to the shared counters once
+/// per batch: no shared cache line is written per query.
+#[derive(Debug, Default)]
+struct Tally {
+    queries: u64,
+    cache_hits: u64,
+    truncated: u64,
+    dropped: u64,
+    rcodes: [u64; 16],
+}
+
+impl Tally {
+    fn count_reply(&mut self, reply: &[u8]) {
+        if let Some(byte) = reply.get(3) {
+            self.rcodes[usize::from(byte & 0x0F)] += 1;
+        }
+    }
+}
+
+impl Core {
+    fn policy_snapshot(&self) -> PolicyView {
+        let generation = self.policy_generation.load(Ordering::Acquire);
+        PolicyView {
+            generation,
+            policy: self.policy.read().clone(),
+        }
+    }
+
+    /// Re-read the policy if a reload replaced it (one shared load when it did not).
+    fn refresh_policy(&self, view: &mut PolicyView) {
+        if self.policy_generation.load(Ordering::Acquire) != view.generation {
+            *view = self.policy_snapshot();
+        }
+    }
+
+    /// Add a worker's tally to the shared counters and zero it.
+    fn flush(&self, tally: &mut Tally) {
+        let counters = &self.counters;
+        let add = |counter: &prometheus_client::metrics::counter::Counter, value: u64| {
+            if value > 0 {
+                counter.inc_by(value);
+            }
+        };
+        add(&counters.queries, tally.queries);
+        add(&counters.cache_hits, tally.cache_hits);
+        add(&counters.truncated, tally.truncated);
+        add(&counters.dropped, tally.dropped);
+        for (counter, &value) in counters.rcodes.iter().zip(&tally.rcodes) {
+            add(counter, value);
+        }
+        *tally = Tally::default();
+    }
+
+    /// Resolve a UDP miss on the runtime and send the reply from there (non-blocking: a full
+    /// socket buffer drops the reply, as it would any datagram).
+    fn spawn_udp_miss(
+        self: &Arc<Self>,
+        socket: &Arc<std::net::UdpSocket>,
+        query: ClientQuery,
+        max_len: usize,
+        peer: SocketAddr,
+        in_flight: &Arc<()>,
+    ) {
+        let (core, socket, guard) = (self.clone(), socket.clone(), in_flight.clone());
+        self.runtime.spawn(async move {
+            let reply = core.answer_miss(query, max_len).await;
+            core.counters.count_reply(&reply);
+            let sent = socket2::SockRef::from(&*socket).send_to_with_flags(
+                &reply,
+                &peer.into(),
+                libc::MSG_DONTWAIT,
+            );
+            if let Err(error) = sent {
+                tracing::debug!(%peer, %error, "UDP send failed");
+            }
+            drop(guard);
+        });
     }
 
     /// Everything that needs no resolution: errors, refusals and packet-cache hits.
@@ -406,12 +511,14 @@ impl Core {
         client: IpAddr,
         udp: bool,
         out: &mut Vec<u8>,
+        policy: &Policy,
+        tally: &mut Tally,
     ) -> Fast {
         let counters = &self.counters;
-        Counters::bump(&counters.queries);
+        tally.queries += 1;
         out.clear();
         if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
-            Counters::bump(&counters.dropped);
+            tally.dropped += 1;
             return Fast::Drop;
         }
         // Before anything is sent back, so a spoofed source cannot be used for reflection.
@@ -422,7 +529,7 @@ impl Core {
             return Fast::Drop;
         }
         let parsed = parse_query(packet);
-        if !self.allowed(client) {
+        if !policy.allowed(client) {
             Counters::bump(&counters.refused);
             error_reply(packet, parsed.as_ref().ok(), RCODE_REFUSED, out);
             return Fast::Reply;
@@ -469,13 +576,13 @@ impl Core {
             usize::from(u16::MAX)
         };
         if let Some(lifetime_left) = self.cache.answer_into_with_lifetime(&query, out) {
-            Counters::bump(&counters.cache_hits);
-            if lifetime_left < self.policy.read().prefetch_percent {
+            tally.cache_hits += 1;
+            if lifetime_left < policy.prefetch_percent {
                 self.prefetch(ClientQuery::from_parsed(&query));
             }
             let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
             if finish(out, query.qname_wire().len(), dnssec_ok, max_len) {
-                Counters::bump(&counters.truncated);
+                tally.truncated += 1;
             }
             return Fast::Reply;
         }
@@ -608,7 +715,8 @@ impl Core {
         drop(inflight);
         Counters::bump(&self.counters.prefetches);
         let core = self.clone();
-        tokio::spawn(async move {
+        // Called from UDP worker threads too, which are outside the runtime.
+        self.runtime.spawn(async move {
             let template = core.resolve_to_template(&query, true).await;
             core.inflight.lock().remove(&key);
             let _ = sender.send(Some(template));
@@ -750,42 +858,6 @@ fn bind_tcp(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn udp_loop(core: Arc<Core>, socket: Arc<UdpSocket>, in_flight: Arc<()>) {
-    let mut packet = vec![0u8; usize::from(u16::MAX)];
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        let (length, peer) = match socket.recv_from(&mut packet).await {
-            Ok(received) => received,
-            Err(error) => {
-                tracing::debug!(%error, "UDP receive failed");
-                continue;
-            }
-        };
-        match core.answer_fast(&packet[..length], peer.ip(), true, &mut out) {
-            Fast::Reply => {
-                core.counters.count_reply(&out);
-                if !out.is_empty()
-                    && let Err(error) = socket.send_to(&out, peer).await
-                {
-                    tracing::debug!(%peer, %error, "UDP send failed");
-                }
-            }
-            Fast::Drop => {}
-            Fast::Miss(query, max_len) => {
-                let (core, socket, guard) = (core.clone(), socket.clone(), in_flight.clone());
-                tokio::spawn(async move {
-                    let reply = core.answer_miss(query, max_len).await;
-                    core.counters.count_reply(&reply);
-                    if let Err(error) = socket.send_to(&reply, peer).await {
-                        tracing::debug!(%peer, %error, "UDP send failed");
-                    }
-                    drop(guard);
-                });
-            }
-        }
-    }
-}
-
 async fn tcp_accept_loop(
     core: Arc<Core>,
     listener: TcpListener,
@@ -860,7 +932,11 @@ async fn serve_tcp(
         if !matches!(read, Ok(Ok(_))) {
             break;
         }
-        match core.answer_fast(&packet, peer.ip(), false, &mut out) {
+        let policy = core.policy.read().clone();
+        let mut tally = Tally::default();
+        let fast = core.answer_fast(&packet, peer.ip(), false, &mut out, &policy, &mut tally);
+        core.flush(&mut tally);
+        match fast {
             Fast::Reply => {
                 core.counters.count_reply(&out);
                 if !out.is_empty() && replies.send(out.clone()).await.is_err() {
@@ -896,7 +972,11 @@ mod tests {
         Core {
             resolver: Resolver::new(ResolverConfig::default()).unwrap(),
             cache: PacketCache::new(PacketCacheConfig::default()).unwrap(),
-            policy: parking_lot::RwLock::new(Policy::from_config(&ServerConfig::default())),
+            policy: parking_lot::RwLock::new(Arc::new(Policy::from_config(
+                &ServerConfig::default(),
+            ))),
+            policy_generation: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
             rate_limiter: None,
             counters,
             registry,
@@ -916,7 +996,11 @@ mod tests {
             header in proptest::collection::vec(any::<u8>(), 12),
             udp in any::<bool>(),
         ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _entered = runtime.enter();
             let core = Arc::new(core());
+            let policy = core.policy_snapshot();
+            let mut tally = Tally::default();
             let mut out = Vec::new();
             // Random bytes, and random bytes behind a plausible query header.
             let mut plausible = header;
@@ -924,7 +1008,8 @@ mod tests {
             plausible[4..6].copy_from_slice(&[0, 1]); // one question
             plausible.extend_from_slice(&packet);
             for bytes in [&packet, &plausible] {
-                match core.answer_fast(bytes, IpAddr::from([127, 0, 0, 1]), udp, &mut out) {
+                let client = IpAddr::from([127, 0, 0, 1]);
+                match core.answer_fast(bytes, client, udp, &mut out, &policy.policy, &mut tally) {
                     Fast::Reply => {
                         prop_assert!(out.len() >= HEADER_LEN);
                         prop_assert_eq!(&out[..2], &bytes[..2]);
