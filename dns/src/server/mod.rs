@@ -553,12 +553,12 @@ impl Core {
             badvers_reply(packet, &query, out);
             return Fast::Reply;
         }
-        // Zone transfers are not a resolver's business; ANY and meta types are not resolvable
-        // iteratively by this engine; classes other than IN have no public tree.
+        // Zone transfers are not a resolver's business; OPT is no question; classes other than
+        // IN have no public tree.
         let refusal = match (query.qclass, query.qtype) {
             (class, _) if class != 1 => Some(RCODE_REFUSED),
             (_, 251 | 252) => Some(RCODE_REFUSED),
-            (_, 41 | 255) => Some(RCODE_NOTIMP),
+            (_, 41) => Some(RCODE_NOTIMP),
             _ => None,
         };
         if let Some(rcode) = refusal {
@@ -575,6 +575,20 @@ impl Core {
         } else {
             usize::from(u16::MAX)
         };
+        // ANY (RFC 8482): one synthesised HINFO instead of everything at the name, which
+        // would make the resolver an amplifier and has no well-defined answer from a cache.
+        if query.qtype == respond::TYPE_ANY {
+            let client_query = ClientQuery::from_parsed(&query);
+            if let Some(template) = respond::any_template(&client_query) {
+                Counters::bump(&counters.local_answers);
+                personalise(&template, &client_query, out);
+                let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+                if finish(out, client_query.qname.len(), dnssec_ok, max_len) {
+                    tally.truncated += 1;
+                }
+                return Fast::Reply;
+            }
+        }
         if let Some(lifetime_left) = self.cache.answer_into_with_lifetime(&query, out) {
             tally.cache_hits += 1;
             if lifetime_left < policy.prefetch_percent {
