@@ -238,3 +238,4 @@ for server in unbound edgekit; do
 done
 echo "  ratio edgekit/unbound qps: dnsperf $(ratio "$(median ${perf_qps[edgekit]})" "$(median ${perf_qps[unbound]})"), edgekit bench dns $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${bench_qps[unbound]})")"
 echo "  ratio edgekit/unbound p99: $(ratio "$(median ${bench_p99[edgekit]})" "$(median ${bench_p99[unbound]})")"
+echo "load generators, edgekit bench dns / dnsperf (target within 10%): on unbound $(ratio "$(median ${bench_qps[unbound]})" "$(median ${perf_qps[unbound]})"), on edgekit $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${perf_qps[edgekit]})")"
