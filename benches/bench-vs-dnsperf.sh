@@ -89,23 +89,35 @@ done
 
 dnsperf_qps=()
 edgekit_qps=()
+dnsperf_cpu=()
+edgekit_cpu=()
+# CPU microseconds the generator itself spent per answered query (user + system, from
+# /usr/bin/time): on a machine the generator shares with the server, a generator that needs more
+# CPU per query leaves less to the server and reads lower.
+cpu_per_query() { # time-output-file qps
+    awk -v q="$2" -v d="$DURATION" '{printf "%.2f", ($1 + $2) * 1e6 / (q * d)}' "$1"
+}
 for round in $(seq 1 "$ROUNDS"); do
-    out=$(dnsperf -s "$ADDR" -p "$PORT" -d "$work/queries.txt" -l "$DURATION" \
-        -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
+    out=$(/usr/bin/time -f '%U %S' -o "$work/cpu" dnsperf -s "$ADDR" -p "$PORT" \
+        -d "$work/queries.txt" -l "$DURATION" -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
     qps=$(sed -n 's/^ *Queries per second: *\([0-9.]*\).*/\1/p' <<<"$out")
     lost=$(sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' <<<"$out")
     latency=$(sed -n 's/^ *Average Latency (s): *\([0-9.]*\).*/\1/p' <<<"$out")
-    echo "round $round dnsperf: $qps qps, lost $lost, mean latency ${latency}s"
+    cpu=$(cpu_per_query "$work/cpu" "$qps")
+    echo "round $round dnsperf: $qps qps, lost $lost, mean latency ${latency}s, ${cpu} CPU us/query"
     dnsperf_qps+=("$qps")
+    dnsperf_cpu+=("$cpu")
 
-    json=$("$EDGEKIT" bench dns --server "$ADDR:$PORT" --queries "$work/queries.txt" \
+    json=$(/usr/bin/time -f '%U %S' -o "$work/cpu" "$EDGEKIT" bench dns --server "$ADDR:$PORT" --queries "$work/queries.txt" \
         --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" --json)
     qps=$(sed -n 's/^ *"qps": *\([0-9.]*\).*/\1/p' <<<"$json")
     lost=$(sed -n 's/^ *"lost": *\([0-9]*\).*/\1/p' <<<"$json")
     mean=$(sed -n 's/^ *"mean": *\([0-9.]*\).*/\1/p' <<<"$json")
     p99=$(sed -n 's/^ *"p99": *\([0-9.]*\).*/\1/p' <<<"$json")
-    echo "round $round edgekit: $qps qps, lost $lost, mean latency ${mean}ms, p99 ${p99}ms"
+    cpu=$(cpu_per_query "$work/cpu" "$qps")
+    echo "round $round edgekit: $qps qps, lost $lost, mean latency ${mean}ms, p99 ${p99}ms, ${cpu} CPU us/query"
     edgekit_qps+=("$qps")
+    edgekit_cpu+=("$cpu")
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
@@ -116,6 +128,7 @@ echo "server: unbound $("$UNBOUND" -V | sed -n 's/^Version //p'), $UNBOUND_THREA
 echo "load:   ${CONCURRENCY} outstanding over ${SOCKETS} sockets/threads, ${DURATION}s x ${ROUNDS} rounds each"
 echo "dnsperf median qps:         $d"
 echo "edgekit bench dns median:   $e"
+echo "generator CPU per query (median): dnsperf $(median "${dnsperf_cpu[@]}") us, edgekit $(median "${edgekit_cpu[@]}") us"
 awk -v e="$e" -v d="$d" 'BEGIN {
     r = e / d
     printf "ratio edgekit/dnsperf:      %.3f (%s 10%%)\n", r, (r >= 0.9 && r <= 1.1) ? "within" : "NOT within"
