@@ -158,20 +158,19 @@ impl DnsServer {
                     source,
                 })?);
             }
-            for socket in udp_sockets {
-                // The worker thread blocks in recvmmsg (with a timeout to notice the stop flag).
-                socket
-                    .set_nonblocking(false)
-                    .map_err(bind_error(bound, "udp"))?;
-                let (core, stop, guard) = (
+            // One thread per socket; each also drains its siblings when its own is empty.
+            let udp_sockets: Arc<[Arc<std::net::UdpSocket>]> =
+                udp_sockets.into_iter().map(Arc::new).collect();
+            for own in 0..udp_sockets.len() {
+                let (core, sockets, stop, guard) = (
                     server.core.clone(),
+                    udp_sockets.clone(),
                     server.udp_stop.clone(),
                     server.in_flight.clone(),
                 );
-                let socket = Arc::new(socket);
                 let thread = std::thread::Builder::new()
                     .name("edgekit-dns-udp".into())
-                    .spawn(move || udp::serve(core, socket, stop, guard))
+                    .spawn(move || udp::serve(core, sockets, own, stop, guard))
                     .map_err(ServerError::Thread)?;
                 server.udp_threads.push(thread);
             }

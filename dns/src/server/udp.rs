@@ -1,8 +1,12 @@
 //! The UDP hot path: one OS thread per SO_REUSEPORT socket, receiving and sending in batches.
 //!
-//! Each thread blocks in `recvmmsg(2)` (up to [`BATCH`] datagrams per call, returning as soon as
-//! one has arrived), answers every packet-cache hit into a reused buffer, and sends all the
-//! replies with one `sendmmsg(2)`. Under load that is two system calls per batch instead of two
+//! Each thread reads its own socket with `recvmmsg(2)` (up to [`BATCH`] datagrams per call),
+//! answers every packet-cache hit into a reused buffer, and sends all the replies with one
+//! `sendmmsg(2)`. When its own socket is empty it drains the other sockets of the same address
+//! before sleeping in `epoll_wait` on all of them (EPOLLEXCLUSIVE: one thread woken per
+//! datagram): the kernel's SO_REUSEPORT hash often gives one socket most of the clients (with 4
+//! client sockets and 2 server sockets, a 3-1 split or worse half the time), and an idle thread
+//! then takes over part of the busy socket's queue instead of waiting beside it. Under load that is two system calls per batch instead of two
 //! per query, with no async runtime between the socket and the cache. Counters are tallied in
 //! the thread and added to the shared ones once per batch; the reloadable policy is re-read
 //! only when its generation changes. Misses go to the tokio runtime, which sends their replies
@@ -15,7 +19,7 @@ use std::{
     io,
     mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,13 +27,13 @@ use std::{
     time::Duration,
 };
 
-use super::{Core, Fast, Tally};
+use super::{Core, Fast, PolicyView, Tally};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub(super) const BATCH: usize = 32;
 /// Largest query read; a longer datagram (no real query is) is dropped.
 const MAX_QUERY_LEN: usize = 4096;
-/// How often a thread blocked in `recvmmsg` looks at the stop flag.
+/// How often a thread asleep in `epoll_wait` looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// Reused per-thread storage for one batch.
@@ -87,8 +91,8 @@ impl Slots {
     }
 }
 
-/// Receive up to [`BATCH`] datagrams: blocks (up to the socket's read timeout) for the first,
-/// then takes what is already queued. Returns how many headers were filled.
+/// Receive up to [`BATCH`] datagrams already queued, without waiting. Returns how many headers
+/// were filled.
 fn receive_batch(socket: &UdpSocket, slots: &mut Slots) -> io::Result<usize> {
     slots.arm_receive();
     // SAFETY: `headers` holds BATCH initialised mmsghdr whose name and iovec pointers point into
@@ -99,7 +103,7 @@ fn receive_batch(socket: &UdpSocket, slots: &mut Slots) -> io::Result<usize> {
             socket.as_raw_fd(),
             slots.headers.as_mut_ptr(),
             BATCH as libc::c_uint,
-            libc::MSG_WAITFORONE,
+            libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
         )
     };
@@ -185,71 +189,145 @@ fn peer_of(storage: &libc::sockaddr_storage, length: libc::socklen_t) -> Option<
     }
 }
 
-/// The worker thread's loop; returns when `stop` is set.
+/// An epoll instance watching every socket of one listen address for readability.
+struct Readiness {
+    epoll: OwnedFd,
+}
+
+impl Readiness {
+    fn new(sockets: &[Arc<UdpSocket>]) -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        for (index, socket) in sockets.iter().enumerate() {
+            let mut event = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+                u64: index as u64,
+            };
+            // SAFETY: both descriptors are open; `event` is a valid epoll_event for the call.
+            let added = unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    socket.as_raw_fd(),
+                    &raw mut event,
+                )
+            };
+            if added < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Self { epoll })
+    }
+
+    /// Sleep until some socket is readable or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `events` is a writable array of 8 epoll_event and we pass that length.
+        let _ = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 8, millis) };
+    }
+}
+
+/// The worker thread's loop for `sockets[own]`; returns when `stop` is set.
 pub(super) fn serve(
     core: Arc<Core>,
-    socket: Arc<UdpSocket>,
+    sockets: Arc<[Arc<UdpSocket>]>,
+    own: usize,
     stop: Arc<AtomicBool>,
     in_flight: Arc<()>,
 ) {
-    if let Err(error) = socket.set_read_timeout(Some(STOP_POLL)) {
-        tracing::warn!(%error, "cannot set the UDP read timeout; stopping this worker");
-        return;
-    }
+    let readiness = match Readiness::new(&sockets) {
+        Ok(readiness) => readiness,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the UDP sockets; stopping this worker");
+            return;
+        }
+    };
     let mut slots = Slots::new();
     let mut tally = Tally::default();
     let mut policy = core.policy_snapshot();
+    let count = sockets.len();
     while !stop.load(Ordering::Relaxed) {
-        let received = match receive_batch(&socket, &mut slots) {
-            Ok(received) => received,
-            Err(error) => {
-                if !matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) {
-                    tracing::debug!(%error, "UDP receive failed");
-                }
-                continue;
-            }
-        };
-        core.refresh_policy(&mut policy);
-        let mut replies = 0;
-        for index in 0..received {
-            let header = &slots.headers[index];
-            let length = header.msg_len as usize;
-            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let Some(peer) = peer_of(&slots.peers[index], header.msg_hdr.msg_namelen) else {
-                continue;
-            };
-            if truncated {
-                tally.dropped += 1;
-                tally.queries += 1;
-                continue;
-            }
-            let packet = &slots.packets[index][..length.min(MAX_QUERY_LEN)];
-            let out = &mut slots.replies[replies];
-            match core.answer_fast(packet, peer.ip(), true, out, &policy.policy, &mut tally) {
-                Fast::Reply => {
-                    if !out.is_empty() {
-                        tally.count_reply(out);
-                        slots.reply_peers[replies] =
-                            (slots.peers[index], header.msg_hdr.msg_namelen);
-                        replies += 1;
+        // Own socket first; the others only when it is empty.
+        let mut served = false;
+        for step in 0..count {
+            let socket = &sockets[(own + step) % count];
+            let received = match receive_batch(socket, &mut slots) {
+                Ok(received) => received,
+                Err(error) => {
+                    if !matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) {
+                        tracing::debug!(%error, "UDP receive failed");
                     }
+                    continue;
                 }
-                Fast::Drop => {}
-                Fast::Miss(query, max_len) => {
-                    core.spawn_udp_miss(&socket, query, max_len, peer, &in_flight);
-                }
+            };
+            if received > 0 {
+                core.refresh_policy(&mut policy);
+                answer_batch(
+                    &core, socket, &mut slots, received, &policy, &mut tally, &in_flight,
+                );
+                served = true;
+                break;
             }
         }
-        // Before the replies leave, so a client that reads the counters after its answer sees
-        // its query counted.
-        core.flush(&mut tally);
-        if replies > 0 {
-            send_batch(&socket, &mut slots, replies);
+        if !served {
+            readiness.wait(STOP_POLL);
         }
+    }
+}
+
+/// Answer the `received` datagrams in `slots` and send the replies from `socket`.
+fn answer_batch(
+    core: &Arc<Core>,
+    socket: &Arc<UdpSocket>,
+    slots: &mut Slots,
+    received: usize,
+    policy: &PolicyView,
+    tally: &mut Tally,
+    in_flight: &Arc<()>,
+) {
+    let mut replies = 0;
+    for index in 0..received {
+        let header = &slots.headers[index];
+        let length = header.msg_len as usize;
+        let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let Some(peer) = peer_of(&slots.peers[index], header.msg_hdr.msg_namelen) else {
+            continue;
+        };
+        if truncated {
+            tally.dropped += 1;
+            tally.queries += 1;
+            continue;
+        }
+        let packet = &slots.packets[index][..length.min(MAX_QUERY_LEN)];
+        let out = &mut slots.replies[replies];
+        match core.answer_fast(packet, peer.ip(), true, out, &policy.policy, tally) {
+            Fast::Reply => {
+                if !out.is_empty() {
+                    tally.count_reply(out);
+                    slots.reply_peers[replies] = (slots.peers[index], header.msg_hdr.msg_namelen);
+                    replies += 1;
+                }
+            }
+            Fast::Drop => {}
+            Fast::Miss(query, max_len) => {
+                core.spawn_udp_miss(socket, query, max_len, peer, in_flight);
+            }
+        }
+    }
+    // Before the replies leave, so a client that reads the counters after its answer sees its
+    // query counted.
+    core.flush(tally);
+    if replies > 0 {
+        send_batch(socket, slots, replies);
     }
 }
