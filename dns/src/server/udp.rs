@@ -329,5 +329,11 @@ fn answer_batch(
     core.flush(tally);
     if replies > 0 {
         send_batch(socket, slots, replies);
+        // The replies just woke their clients. A worker that goes straight on to the next batch
+        // keeps the core, and on a machine where clients share the cores a woken client then
+        // waits for the scheduler tick (4 ms): that was the whole p99. Yielding once per batch
+        // (one cheap system call) lets it run now; measured p99 at 64 outstanding went from
+        // 4.2-7.3 ms to 0.6-1.9 ms, and qps rose with it (docs/benchmarks.md).
+        std::thread::yield_now();
     }
 }
