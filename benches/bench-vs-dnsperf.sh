@@ -10,7 +10,9 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per run (10), CONCURRENCY outstanding (64),
 # SOCKETS (4), UNBOUND_THREADS (1), ADDR (127.0.0.53), PORT (5300),
-# EDGEKIT (path to a built edgekit; default: cargo build --release -p edgekit).
+# EDGEKIT (path to a built edgekit; default: cargo build --release -p edgekit),
+# PIN (unset; 1: Unbound on CPU 0 and the generators on CPU 1, so the server has a core of its
+# own and the generators do not take CPU from it: then both should read the server's limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,7 +79,9 @@ for i in $(seq 1 1000); do
     ((i % 10 == 0)) && echo "missing$i.bench.test A"
 done >"$work/queries.txt"
 
-"$UNBOUND" -c "$work/unbound.conf" &
+SERVER_CPU=(); CLIENT_CPU=()
+if [[ -n ${PIN:-} ]]; then SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); fi
+"${SERVER_CPU[@]}" "$UNBOUND" -c "$work/unbound.conf" &
 unbound_pid=$!
 for _ in $(seq 1 50); do
     if "$EDGEKIT" bench dns --server "$ADDR:$PORT" --queries "$work/queries.txt" --count 1 \
@@ -98,7 +102,7 @@ cpu_per_query() { # time-output-file qps
     awk -v q="$2" -v d="$DURATION" '{printf "%.2f", ($1 + $2) * 1e6 / (q * d)}' "$1"
 }
 for round in $(seq 1 "$ROUNDS"); do
-    out=$(/usr/bin/time -f '%U %S' -o "$work/cpu" dnsperf -s "$ADDR" -p "$PORT" \
+    out=$(/usr/bin/time -f '%U %S' -o "$work/cpu" "${CLIENT_CPU[@]}" dnsperf -s "$ADDR" -p "$PORT" \
         -d "$work/queries.txt" -l "$DURATION" -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
     qps=$(sed -n 's/^ *Queries per second: *\([0-9.]*\).*/\1/p' <<<"$out")
     lost=$(sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' <<<"$out")
@@ -108,7 +112,8 @@ for round in $(seq 1 "$ROUNDS"); do
     dnsperf_qps+=("$qps")
     dnsperf_cpu+=("$cpu")
 
-    json=$(/usr/bin/time -f '%U %S' -o "$work/cpu" "$EDGEKIT" bench dns --server "$ADDR:$PORT" --queries "$work/queries.txt" \
+    json=$(/usr/bin/time -f '%U %S' -o "$work/cpu" "${CLIENT_CPU[@]}" "$EDGEKIT" bench dns \
+        --server "$ADDR:$PORT" --queries "$work/queries.txt" \
         --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" --json)
     qps=$(sed -n 's/^ *"qps": *\([0-9.]*\).*/\1/p' <<<"$json")
     lost=$(sed -n 's/^ *"lost": *\([0-9]*\).*/\1/p' <<<"$json")
@@ -125,6 +130,7 @@ d=$(median "${dnsperf_qps[@]}")
 e=$(median "${edgekit_qps[@]}")
 echo
 echo "server: unbound $("$UNBOUND" -V | sed -n 's/^Version //p'), $UNBOUND_THREADS thread(s), local-data on $ADDR:$PORT"
+echo "pinned: ${PIN:-no} (server CPU 0, generators CPU 1)"
 echo "load:   ${CONCURRENCY} outstanding over ${SOCKETS} sockets/threads, ${DURATION}s x ${ROUNDS} rounds each"
 echo "dnsperf median qps:         $d"
 echo "edgekit bench dns median:   $e"
