@@ -10,7 +10,9 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per run (10), CONCURRENCY outstanding (64),
 # SOCKETS (4), UNBOUND_THREADS (1), ADDR (127.0.0.53), PORT (5300),
-# EDGEKIT (path to a built edgekit; default: cargo build --release -p edgekit).
+# EDGEKIT (path to a built edgekit; default: cargo build --release -p edgekit),
+# PIN (unset; 1: Unbound on CPU 0 and the generators on CPU 1, so the server has a core of its
+# own and the generators do not take CPU from it: then both should read the server's limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,7 +79,9 @@ for i in $(seq 1 1000); do
     ((i % 10 == 0)) && echo "missing$i.bench.test A"
 done >"$work/queries.txt"
 
-"$UNBOUND" -c "$work/unbound.conf" &
+SERVER_CPU=(); CLIENT_CPU=()
+if [[ -n ${PIN:-} ]]; then SERVER_CPU=(taskset -c 0); CLIENT_CPU=(taskset -c 1); fi
+"${SERVER_CPU[@]}" "$UNBOUND" -c "$work/unbound.conf" &
 unbound_pid=$!
 for _ in $(seq 1 50); do
     if "$EDGEKIT" bench dns --server "$ADDR:$PORT" --queries "$work/queries.txt" --count 1 \
@@ -89,23 +93,36 @@ done
 
 dnsperf_qps=()
 edgekit_qps=()
+dnsperf_cpu=()
+edgekit_cpu=()
+# CPU microseconds the generator itself spent per answered query (user + system, from
+# /usr/bin/time): on a machine the generator shares with the server, a generator that needs more
+# CPU per query leaves less to the server and reads lower.
+cpu_per_query() { # time-output-file qps
+    awk -v q="$2" -v d="$DURATION" '{printf "%.2f", ($1 + $2) * 1e6 / (q * d)}' "$1"
+}
 for round in $(seq 1 "$ROUNDS"); do
-    out=$(dnsperf -s "$ADDR" -p "$PORT" -d "$work/queries.txt" -l "$DURATION" \
-        -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
+    out=$(/usr/bin/time -f '%U %S' -o "$work/cpu" "${CLIENT_CPU[@]}" dnsperf -s "$ADDR" -p "$PORT" \
+        -d "$work/queries.txt" -l "$DURATION" -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
     qps=$(sed -n 's/^ *Queries per second: *\([0-9.]*\).*/\1/p' <<<"$out")
     lost=$(sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' <<<"$out")
     latency=$(sed -n 's/^ *Average Latency (s): *\([0-9.]*\).*/\1/p' <<<"$out")
-    echo "round $round dnsperf: $qps qps, lost $lost, mean latency ${latency}s"
+    cpu=$(cpu_per_query "$work/cpu" "$qps")
+    echo "round $round dnsperf: $qps qps, lost $lost, mean latency ${latency}s, ${cpu} CPU us/query"
     dnsperf_qps+=("$qps")
+    dnsperf_cpu+=("$cpu")
 
-    json=$("$EDGEKIT" bench dns --server "$ADDR:$PORT" --queries "$work/queries.txt" \
+    json=$(/usr/bin/time -f '%U %S' -o "$work/cpu" "${CLIENT_CPU[@]}" "$EDGEKIT" bench dns \
+        --server "$ADDR:$PORT" --queries "$work/queries.txt" \
         --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" --json)
     qps=$(sed -n 's/^ *"qps": *\([0-9.]*\).*/\1/p' <<<"$json")
     lost=$(sed -n 's/^ *"lost": *\([0-9]*\).*/\1/p' <<<"$json")
     mean=$(sed -n 's/^ *"mean": *\([0-9.]*\).*/\1/p' <<<"$json")
     p99=$(sed -n 's/^ *"p99": *\([0-9.]*\).*/\1/p' <<<"$json")
-    echo "round $round edgekit: $qps qps, lost $lost, mean latency ${mean}ms, p99 ${p99}ms"
+    cpu=$(cpu_per_query "$work/cpu" "$qps")
+    echo "round $round edgekit: $qps qps, lost $lost, mean latency ${mean}ms, p99 ${p99}ms, ${cpu} CPU us/query"
     edgekit_qps+=("$qps")
+    edgekit_cpu+=("$cpu")
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
@@ -113,9 +130,11 @@ d=$(median "${dnsperf_qps[@]}")
 e=$(median "${edgekit_qps[@]}")
 echo
 echo "server: unbound $("$UNBOUND" -V | sed -n 's/^Version //p'), $UNBOUND_THREADS thread(s), local-data on $ADDR:$PORT"
+echo "pinned: ${PIN:-no} (server CPU 0, generators CPU 1)"
 echo "load:   ${CONCURRENCY} outstanding over ${SOCKETS} sockets/threads, ${DURATION}s x ${ROUNDS} rounds each"
 echo "dnsperf median qps:         $d"
 echo "edgekit bench dns median:   $e"
+echo "generator CPU per query (median): dnsperf $(median "${dnsperf_cpu[@]}") us, edgekit $(median "${edgekit_cpu[@]}") us"
 awk -v e="$e" -v d="$d" 'BEGIN {
     r = e / d
     printf "ratio edgekit/dnsperf:      %.3f (%s 10%%)\n", r, (r >= 0.9 && r <= 1.1) ? "within" : "NOT within"

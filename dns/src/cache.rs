@@ -68,7 +68,19 @@ pub struct Cache {
 struct Inner {
     entries: HashMap<Key, Entry>,
     nxdomains: HashMap<Name, Entry>,
+    /// Zone cuts learned without a referral (see [`Cache::insert_learned_cut`]).
+    learned_cuts: HashMap<Name, LearnedCut>,
 }
+
+/// A zone apex found from an authoritative SOA, and the servers that answered for it.
+#[derive(Debug, Clone)]
+struct LearnedCut {
+    servers: Vec<Name>,
+    expires_at: u64,
+}
+
+/// Learned cuts kept at most; past it the map is cleared (they are only a shortcut).
+const MAX_LEARNED_CUTS: usize = 4096;
 
 impl Inner {
     fn len(&self) -> usize {
@@ -194,7 +206,18 @@ impl Cache {
     /// The closest enclosing zone cut of `name` with a cached NS set, and the NS names.
     pub fn closest_cut(&self, name: &Name) -> Option<(Name, Vec<Name>)> {
         let mut zone = name.to_lowercase();
+        let now = self.clock.now_secs();
         loop {
+            let learned = self
+                .inner
+                .lock()
+                .learned_cuts
+                .get(&zone)
+                .filter(|cut| cut.expires_at > now)
+                .map(|cut| cut.servers.clone());
+            if let Some(servers) = learned {
+                return Some((zone, servers));
+            }
             if let Some(records) = self.rrset(&zone, RecordType::NS) {
                 let servers: Vec<Name> = records
                     .iter()
@@ -212,6 +235,29 @@ impl Cache {
             }
             zone = zone.base_name();
         }
+    }
+
+    /// Remember that `zone` is a zone apex served by `servers`, for `ttl` seconds (capped),
+    /// without storing any record: for a server that answered authoritatively with `zone`'s SOA
+    /// while being asked as a server of an ancestor zone (one server hosting parent and child,
+    /// so no referral ever names the cut). [`Cache::closest_cut`] then starts there.
+    pub fn insert_learned_cut(&self, zone: &Name, servers: &[Name], ttl: u32) {
+        let ttl = ttl.min(self.max_ttl);
+        if ttl == 0 || servers.is_empty() {
+            return;
+        }
+        let expires_at = self.clock.now_secs() + u64::from(ttl);
+        let mut inner = self.inner.lock();
+        if inner.learned_cuts.len() >= MAX_LEARNED_CUTS {
+            inner.learned_cuts.clear();
+        }
+        inner.learned_cuts.insert(
+            zone.to_lowercase(),
+            LearnedCut {
+                servers: servers.to_vec(),
+                expires_at,
+            },
+        );
     }
 
     /// Store one RRset (all records share name and type). The TTL is the smallest in the set,

@@ -58,8 +58,8 @@ pub use wire::{
 pub mod bench;
 mod server;
 pub use server::{
-    DnsServer, Network, NetworkParseError, ServerConfig, ServerConfigError, ServerError,
-    ServerStatsSnapshot,
+    DnsServer, Network, NetworkParseError, RequestPathViolation, ServerConfig, ServerConfigError,
+    ServerError, ServerStatsSnapshot, check_request_path,
 };
 mod packet_cache;
 pub use packet_cache::{

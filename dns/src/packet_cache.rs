@@ -617,25 +617,25 @@ impl<C: MillisClock> PacketCache<C> {
         let hash = xxhash_rust::xxh3::xxh3_64(key);
         let shard = &self.shards[(hash & self.shard_mask) as usize];
         let now = self.clock.now_millis();
-        let entry = {
-            let guard = shard.read();
-            match guard.entries.get(&hash) {
-                Some(entry) if &*entry.key == key && now < entry.expires_at => entry.clone(),
-                Some(entry) if &*entry.key == key => {
-                    drop(guard);
-                    let mut guard = shard.write();
-                    let keep = self.keep_expired_millis;
-                    if guard
-                        .entries
-                        .get(&hash)
-                        .is_some_and(|entry| now >= entry.expires_at.saturating_add(keep))
-                    {
-                        guard.remove(hash);
-                    }
-                    return None;
+        // Copied under the read lock rather than cloning the entry's Arc: a clone and its drop
+        // would write the shared reference count on every hit from every worker.
+        let guard = shard.read();
+        let entry = match guard.entries.get(&hash) {
+            Some(entry) if &*entry.key == key && now < entry.expires_at => entry,
+            Some(entry) if &*entry.key == key => {
+                drop(guard);
+                let mut guard = shard.write();
+                let keep = self.keep_expired_millis;
+                if guard
+                    .entries
+                    .get(&hash)
+                    .is_some_and(|entry| now >= entry.expires_at.saturating_add(keep))
+                {
+                    guard.remove(hash);
                 }
-                _ => return None,
+                return None;
             }
+            _ => return None,
         };
         out.extend_from_slice(&entry.wire);
         out[..2].copy_from_slice(&query.id.to_be_bytes());
@@ -650,6 +650,7 @@ impl<C: MillisClock> PacketCache<C> {
         }
         let lifetime = entry.expires_at.saturating_sub(entry.inserted_at).max(1);
         let left = entry.expires_at.saturating_sub(now).saturating_mul(100) / lifetime;
+        drop(guard);
         Some(u8::try_from(left.min(100)).unwrap_or(100))
     }
 

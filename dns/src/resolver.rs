@@ -431,6 +431,19 @@ impl Resolver {
                 .iter()
                 .find(|r| r.record_type() == RecordType::SOA)
                 .cloned();
+            // A server of `zone` that answers authoritatively with the SOA of a zone below it
+            // hosts that child zone too: remember the cut, so later questions under the child
+            // start there instead of walking down from `zone` again.
+            if message.metadata.authoritative
+                && let Some(soa) = &soa
+                && soa.name.num_labels() > zone.num_labels()
+                && zone.zone_of(&soa.name)
+                && soa.name.zone_of(&sent_name)
+            {
+                self.inner
+                    .cache
+                    .insert_learned_cut(&soa.name, &ns_names, soa.ttl);
+            }
             let mut step = |outcome| {
                 work.trace.push(TraceStep {
                     depth,

@@ -100,7 +100,12 @@ fn query(id: u16, name: &str, record_type: RecordType, edns_payload: Option<u16>
 }
 
 async fn udp_exchange(server: SocketAddr, packet: &[u8]) -> Vec<u8> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = UdpSocket::bind(local).await.unwrap();
     socket.send_to(packet, server).await.unwrap();
     let mut buffer = vec![0u8; 65_535];
     let (length, _) = tokio::time::timeout(TIMEOUT, socket.recv_from(&mut buffer))
@@ -710,4 +715,77 @@ async fn clients_past_their_rate_limit_are_dropped() {
         .unwrap();
     let reply = Message::from_vec(&buffer[..length]).unwrap();
     assert_eq!(a_addresses(&reply), [Ipv4Addr::LOCALHOST]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_udp_and_tcp_on_an_ipv6_loopback_listen_address() {
+    let fixture = Fixture::with(|config| config.listen = vec!["[::1]:0".parse().unwrap()]).await;
+    let udp = fixture.udp();
+    let tcp = fixture.tcp();
+    assert!(udp.ip().is_ipv6() && udp.ip().is_loopback(), "{udp}");
+    assert_eq!(udp, tcp, "UDP and TCP share the port");
+    let over_udp = udp_ask(udp, &query(21, "www.example.test.", RecordType::A, None)).await;
+    assert_eq!(over_udp.metadata.id, 21);
+    assert_eq!(a_addresses(&over_udp), [Ipv4Addr::new(192, 0, 2, 1)]);
+    let over_tcp = tcp_ask(
+        tcp,
+        &[
+            query(22, "www.example.test.", RecordType::A, None),
+            query(23, "www2.example.test.", RecordType::A, None),
+        ],
+    )
+    .await;
+    let mut ids: Vec<_> = over_tcp.iter().map(|answer| answer.metadata.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [22, 23]);
+    for answer in &over_tcp {
+        let expected = if answer.metadata.id == 22 { 1 } else { 2 };
+        assert_eq!(a_addresses(answer), [Ipv4Addr::new(192, 0, 2, expected)]);
+    }
+    // The second www question (over TCP) came from the packet cache filled over UDP.
+    assert_eq!(fixture.server.stats().cache_hits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_questions_get_one_synthesised_hinfo_per_rfc_8482() {
+    let fixture = Fixture::start().await;
+    let upstream_before = fixture.hierarchy.total_queries();
+    let mut any = query(31, "www.example.test.", RecordType::ANY, Some(1232));
+    any[13..16].copy_from_slice(b"wWw");
+    let raw = udp_exchange(fixture.udp(), &any).await;
+    assert_eq!(
+        &raw[12..17],
+        b"\x03wWw\x07",
+        "the client's spelling is echoed"
+    );
+    let reply = Message::from_vec(&raw).unwrap();
+    assert_eq!(reply.metadata.id, 31);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(reply.metadata.recursion_available && reply.metadata.recursion_desired);
+    assert!(reply.edns.is_some(), "an EDNS query gets an OPT back");
+    assert_eq!(reply.answers.len(), 1, "{reply:?}");
+    let record = &reply.answers[0];
+    assert_eq!(record.record_type(), RecordType::HINFO);
+    assert_eq!(record.name.to_ascii(), "wWw.example.test.");
+    let RData::HINFO(hinfo) = &record.data else {
+        panic!("not HINFO: {record:?}");
+    };
+    assert_eq!(&*hinfo.cpu, b"RFC8482");
+    assert!(hinfo.os.is_empty());
+
+    // Over TCP too, and neither went upstream.
+    let over_tcp = tcp_ask(
+        fixture.tcp(),
+        &[query(32, "nope.example.test.", RecordType::ANY, None)],
+    )
+    .await;
+    assert_eq!(over_tcp[0].metadata.id, 32);
+    assert_eq!(over_tcp[0].answers.len(), 1);
+    assert_eq!(over_tcp[0].answers[0].record_type(), RecordType::HINFO);
+    assert_eq!(fixture.hierarchy.total_queries(), upstream_before);
+    let stats = fixture.server.stats();
+    assert_eq!(
+        (stats.local_answers, stats.notimp, stats.resolutions),
+        (2, 0, 0)
+    );
 }

@@ -32,20 +32,71 @@ pub(super) struct Shared<'a> {
     pub(super) deadline: Option<Instant>,
 }
 
+/// Tickets (query numbers) a worker claims at once: one shared atomic add per this many
+/// queries instead of one per query, so the workers do not contend on a cache line.
+const TICKET_CHUNK: u64 = 16;
+/// How often a worker adds its counts to the live progress counters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+/// Replies read per `recvmmsg` call (UDP).
+const RECEIVE_BATCH: usize = 32;
+/// Bytes kept of each reply: the header is all the generator reads, and a longer datagram is
+/// still one whole (if cut) reply.
+const REPLY_SLOT: usize = 4096;
+
 impl Shared<'_> {
-    /// The next query to send, or `None` once the run has sent enough or run long enough.
-    fn next_query(&self, now: Instant) -> Option<&BenchQuery> {
+    /// Claim the next tickets, or `None` once the run has sent enough or run long enough.
+    fn claim(&self, now: Instant) -> Option<std::ops::Range<u64>> {
         if self.deadline.is_some_and(|deadline| now >= deadline) {
             return None;
         }
-        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        if let super::Stop::Count(limit) = self.config.stop
-            && ticket >= limit
-        {
-            return None;
-        }
+        let start = self.tickets.fetch_add(TICKET_CHUNK, Ordering::Relaxed);
+        let end = match self.config.stop {
+            super::Stop::Count(limit) if start >= limit => return None,
+            super::Stop::Count(limit) => (start + TICKET_CHUNK).min(limit),
+            super::Stop::Duration(_) => start + TICKET_CHUNK,
+        };
+        Some(start..end)
+    }
+
+    fn query(&self, ticket: u64) -> Option<&BenchQuery> {
         let index = (ticket % self.queries.len() as u64) as usize;
         self.queries.get(index)
+    }
+}
+
+/// A worker's tickets and its counts not yet added to the live progress counters.
+#[derive(Debug)]
+struct Local {
+    tickets: std::ops::Range<u64>,
+    unpublished_sent: u64,
+    unpublished_answered: u64,
+    published_at: Instant,
+}
+
+impl Local {
+    /// The next query to send, or `None` once the run is over.
+    fn next_query<'q>(&mut self, shared: &'q Shared<'_>, now: Instant) -> Option<&'q BenchQuery> {
+        if shared.deadline.is_some_and(|deadline| now >= deadline) {
+            return None;
+        }
+        if self.tickets.is_empty() {
+            self.tickets = shared.claim(now)?;
+        }
+        let ticket = self.tickets.next()?;
+        shared.query(ticket)
+    }
+
+    fn publish(&mut self, live: &LiveStats) {
+        if self.unpublished_sent > 0 {
+            live.sent
+                .fetch_add(self.unpublished_sent, Ordering::Relaxed);
+        }
+        if self.unpublished_answered > 0 {
+            live.answered
+                .fetch_add(self.unpublished_answered, Ordering::Relaxed);
+        }
+        self.unpublished_sent = 0;
+        self.unpublished_answered = 0;
     }
 }
 
@@ -195,10 +246,78 @@ enum Link {
     },
 }
 
+/// Replies received by one receive call, each cut to [`REPLY_SLOT`] bytes.
+struct ReplyBatch {
+    slots: Vec<[u8; REPLY_SLOT]>,
+    lengths: [usize; RECEIVE_BATCH],
+    count: usize,
+}
+
+impl ReplyBatch {
+    fn new() -> Self {
+        Self {
+            slots: vec![[0; REPLY_SLOT]; RECEIVE_BATCH],
+            lengths: [0; RECEIVE_BATCH],
+            count: 0,
+        }
+    }
+
+    fn replies(&self) -> impl Iterator<Item = &[u8]> {
+        self.slots
+            .iter()
+            .zip(self.lengths)
+            .take(self.count)
+            .map(|(slot, length)| &slot[..length.min(REPLY_SLOT)])
+    }
+
+    fn push(&mut self, message: &[u8]) {
+        let kept = message.len().min(REPLY_SLOT);
+        self.slots[self.count][..kept].copy_from_slice(&message[..kept]);
+        self.lengths[self.count] = kept;
+        self.count += 1;
+    }
+}
+
+/// Receive up to [`RECEIVE_BATCH`] datagrams on a connected socket: wait (up to the read
+/// timeout) for the first, then take what is already queued, in one system call.
+fn receive_datagrams(socket: &UdpSocket, batch: &mut ReplyBatch) -> io::Result<usize> {
+    let mut iovecs: [libc::iovec; RECEIVE_BATCH] = std::array::from_fn(|_| libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    });
+    for (iovec, slot) in iovecs.iter_mut().zip(&mut batch.slots) {
+        iovec.iov_base = slot.as_mut_ptr().cast();
+        iovec.iov_len = REPLY_SLOT;
+    }
+    // SAFETY: mmsghdr is plain old data; all-zero is valid (null name and control pointers).
+    let mut headers: [libc::mmsghdr; RECEIVE_BATCH] = unsafe { std::mem::zeroed() };
+    for (header, iovec) in headers.iter_mut().zip(&mut iovecs) {
+        header.msg_hdr.msg_iov = iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at one iovec, which points at a live REPLY_SLOT-byte slot of
+    // `batch`; none of them moves during the call, and the kernel writes at most those lengths.
+    let received = unsafe {
+        libc::recvmmsg(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            headers.as_mut_ptr(),
+            RECEIVE_BATCH as libc::c_uint,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    let received = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
+    for (length, header) in batch.lengths.iter_mut().zip(&headers).take(received) {
+        *length = header.msg_len as usize;
+    }
+    batch.count = received;
+    Ok(received)
+}
+
 /// What a receive attempt produced.
 enum Received {
-    /// A whole DNS message of this length, at the start of the message buffer.
-    Message(usize),
+    /// Whole DNS messages, in the reply batch.
+    Messages,
     /// Nothing before the tick ended.
     Nothing,
     /// The TCP peer closed the connection or broke framing.
@@ -270,11 +389,13 @@ impl Link {
         Ok(())
     }
 
-    /// Receive into `message`, which holds the largest DNS message (64 KiB).
-    fn receive(&mut self, message: &mut [u8]) -> io::Result<Received> {
+    /// Receive one or more replies into `batch`.
+    fn receive(&mut self, batch: &mut ReplyBatch) -> io::Result<Received> {
+        batch.count = 0;
         match self {
-            Self::Udp(socket) => match socket.recv(message) {
-                Ok(length) => Ok(Received::Message(length)),
+            Self::Udp(socket) => match receive_datagrams(socket, batch) {
+                Ok(0) => Ok(Received::Nothing),
+                Ok(_) => Ok(Received::Messages),
                 Err(err) if is_quiet(&err) => Ok(Received::Nothing),
                 Err(err) => Err(err),
             },
@@ -284,14 +405,21 @@ impl Link {
                 filled,
                 consumed,
             } => loop {
-                let available = &read_buffer[*consumed..*filled];
-                if available.len() >= 2 {
-                    let length = usize::from(u16::from_be_bytes([available[0], available[1]]));
-                    if available.len() >= 2 + length {
-                        message[..length].copy_from_slice(&available[2..2 + length]);
-                        *consumed += 2 + length;
-                        return Ok(Received::Message(length));
+                // Every whole frame already read, up to a batch.
+                while batch.count < RECEIVE_BATCH {
+                    let available = &read_buffer[*consumed..*filled];
+                    if available.len() < 2 {
+                        break;
                     }
+                    let length = usize::from(u16::from_be_bytes([available[0], available[1]]));
+                    if available.len() < 2 + length {
+                        break;
+                    }
+                    batch.push(&available[2..2 + length]);
+                    *consumed += 2 + length;
+                }
+                if batch.count > 0 {
+                    return Ok(Received::Messages);
                 }
                 // Move the partial frame to the front so a whole frame always fits.
                 read_buffer.copy_within(*consumed..*filled, 0);
@@ -341,7 +469,13 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
     let mut outstanding = Outstanding::new();
     let mut query_buffer = Vec::with_capacity(512);
     let mut write_buffer = Vec::new();
-    let mut message = vec![0u8; usize::from(u16::MAX)];
+    let mut batch = ReplyBatch::new();
+    let mut local = Local {
+        tickets: 0..0,
+        unpublished_sent: 0,
+        unpublished_answered: 0,
+        published_at: Instant::now(),
+    };
     let mut done_sending = false;
     let start = Instant::now();
     let mut paced_sends: u64 = 0;
@@ -370,18 +504,19 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
                 }
             };
             while allowed > 0 {
-                let Some(query) = shared.next_query(now) else {
+                let Some(query) = local.next_query(shared, now) else {
                     done_sending = true;
                     break;
                 };
                 allowed -= 1;
                 paced_sends += 1;
-                let id = outstanding.add(Instant::now());
+                // One clock read per burst: the sends of a burst leave within microseconds.
+                let id = outstanding.add(now);
                 query_buffer.clear();
                 query_buffer.extend_from_slice(&query.wire);
                 query_buffer[..2].copy_from_slice(&id.to_be_bytes());
                 stats.sent += 1;
-                shared.live.sent.fetch_add(1, Ordering::Relaxed);
+                local.unpublished_sent += 1;
                 if let Err(err) = link.send(&query_buffer, &mut write_buffer) {
                     // A refused or dropped datagram is a lost query, not a failed run.
                     tracing::debug!(error = %err, "send failed; counting the query as lost");
@@ -399,39 +534,47 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
             }
         }
 
+        if now.duration_since(local.published_at) >= PUBLISH_EVERY {
+            local.publish(shared.live);
+            local.published_at = now;
+        }
         if done_sending && outstanding.count == 0 {
+            local.publish(shared.live);
             return Ok(stats);
         }
 
-        match link.receive(&mut message).map_err(io_error)? {
+        match link.receive(&mut batch).map_err(io_error)? {
             Received::Nothing => {}
             Received::Closed => {
                 let expired = outstanding.expire_all();
                 record_lost(&mut stats, shared.live, expired);
                 if done_sending {
+                    local.publish(shared.live);
                     return Ok(stats);
                 }
                 link = reconnect(config, tick)?;
             }
-            Received::Message(length) => {
-                let message = &message[..length];
-                // Not a reply (too short, or the QR bit unset): ignore it like a stray datagram.
-                if message.len() < 12 || message[2] & 0x80 == 0 {
-                    continue;
-                }
-                let id = u16::from_be_bytes([message[0], message[1]]);
-                match outstanding.take(id) {
-                    Some(pending) => {
-                        let answered_at = Instant::now();
-                        let micros = answered_at.duration_since(pending.sent_at).as_micros();
-                        let micros = u64::try_from(micros).unwrap_or(MAX_LATENCY_MICROS).max(1);
-                        stats.latency_micros.saturating_record(micros);
-                        stats.rcodes[usize::from(message[3] & 0x0F)] += 1;
-                        stats.answered += 1;
-                        stats.last_answer = Some(answered_at);
-                        shared.live.answered.fetch_add(1, Ordering::Relaxed);
+            Received::Messages => {
+                let answered_at = Instant::now();
+                for message in batch.replies() {
+                    // Not a reply (too short, or the QR bit unset): ignore it like a stray
+                    // datagram.
+                    if message.len() < 12 || message[2] & 0x80 == 0 {
+                        continue;
                     }
-                    None => stats.late_replies += 1,
+                    let id = u16::from_be_bytes([message[0], message[1]]);
+                    match outstanding.take(id) {
+                        Some(pending) => {
+                            let micros = answered_at.duration_since(pending.sent_at).as_micros();
+                            let micros = u64::try_from(micros).unwrap_or(MAX_LATENCY_MICROS).max(1);
+                            stats.latency_micros.saturating_record(micros);
+                            stats.rcodes[usize::from(message[3] & 0x0F)] += 1;
+                            stats.answered += 1;
+                            stats.last_answer = Some(answered_at);
+                            local.unpublished_answered += 1;
+                        }
+                        None => stats.late_replies += 1,
+                    }
                 }
             }
         }

@@ -8,9 +8,11 @@
 
 mod config;
 mod rate_limit;
+mod request_check;
 mod respond;
 mod special_use;
 mod stats;
+mod udp;
 
 use std::{
     collections::HashMap,
@@ -18,7 +20,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,12 +29,13 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream},
     sync::{Semaphore, mpsc, watch},
     task::JoinHandle,
 };
 
 pub use config::{Network, NetworkParseError, ServerConfig, ServerConfigError};
+pub use request_check::{RequestPathViolation, check_request_path};
 pub use stats::ServerStatsSnapshot;
 
 use crate::{
@@ -66,6 +69,9 @@ pub enum ServerError {
         /// The OS error.
         source: io::Error,
     },
+    /// A UDP worker thread could not be started.
+    #[error("cannot start a UDP worker thread: {0}")]
+    Thread(io::Error),
 }
 
 /// A running server. [`DnsServer::shutdown`] stops it and waits for answers in flight.
@@ -78,6 +84,9 @@ pub struct DnsServer {
     /// The configuration running, to tell what a reload cannot change.
     config: Mutex<ServerConfig>,
     listeners: Vec<JoinHandle<()>>,
+    /// One blocking thread per UDP socket (see `udp.rs`); they stop when `udp_stop` is set.
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
+    udp_stop: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     in_flight: Arc<()>,
 }
@@ -99,7 +108,9 @@ impl DnsServer {
         let core = Arc::new(Core {
             resolver,
             cache,
-            policy: parking_lot::RwLock::new(Policy::from_config(&config)),
+            policy: parking_lot::RwLock::new(Arc::new(Policy::from_config(&config))),
+            policy_generation: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
             rate_limiter: (config.rate_limit_per_client > 0).then(|| {
                 let burst = match config.rate_limit_burst {
                     0 => config.rate_limit_per_client,
@@ -127,6 +138,8 @@ impl DnsServer {
             metrics_address: None,
             config: Mutex::new(config.clone()),
             listeners: Vec::new(),
+            udp_threads: Vec::new(),
+            udp_stop: Arc::new(AtomicBool::new(false)),
             shutdown,
             in_flight,
         };
@@ -145,18 +158,21 @@ impl DnsServer {
                     source,
                 })?);
             }
-            for socket in udp_sockets {
-                let socket = UdpSocket::from_std(socket).map_err(|source| ServerError::Bind {
-                    address: bound,
-                    protocol: "udp",
-                    source,
-                })?;
-                let task = udp_loop(
+            // One thread per socket; each also drains its siblings when its own is empty.
+            let udp_sockets: Arc<[Arc<std::net::UdpSocket>]> =
+                udp_sockets.into_iter().map(Arc::new).collect();
+            for own in 0..udp_sockets.len() {
+                let (core, sockets, stop, guard) = (
                     server.core.clone(),
-                    Arc::new(socket),
+                    udp_sockets.clone(),
+                    server.udp_stop.clone(),
                     server.in_flight.clone(),
                 );
-                server.listeners.push(tokio::spawn(task));
+                let thread = std::thread::Builder::new()
+                    .name("edgekit-dns-udp".into())
+                    .spawn(move || udp::serve(core, sockets, own, stop, guard))
+                    .map_err(ServerError::Thread)?;
+                server.udp_threads.push(thread);
             }
             let listener = TcpListener::from_std(tcp).map_err(|source| ServerError::Bind {
                 address: bound,
@@ -257,7 +273,8 @@ impl DnsServer {
         applied.allow = config.allow.clone();
         applied.prefetch_percent = config.prefetch_percent;
         applied.stale_client_timeout_ms = config.stale_client_timeout_ms;
-        *self.core.policy.write() = Policy::from_config(&applied);
+        *self.core.policy.write() = Arc::new(Policy::from_config(&applied));
+        self.core.policy_generation.fetch_add(1, Ordering::Release);
         *running = applied;
         Ok(needs_restart)
     }
@@ -298,6 +315,7 @@ impl DnsServer {
         for listener in self.listeners.drain(..) {
             listener.abort();
         }
+        self.udp_stop.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + grace;
         while Arc::strong_count(&self.in_flight) > 1 {
@@ -315,6 +333,7 @@ impl Drop for DnsServer {
         for listener in &self.listeners {
             listener.abort();
         }
+        self.udp_stop.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
     }
 }
@@ -355,8 +374,12 @@ type TemplateReceiver = watch::Receiver<Option<Arc<[u8]>>>;
 struct Core {
     resolver: Resolver,
     cache: PacketCache,
-    /// What a reload can change.
-    policy: parking_lot::RwLock<Policy>,
+    /// What a reload can change; replaced whole, and `policy_generation` bumped, on reload so
+    /// UDP workers re-read it only when it changed.
+    policy: parking_lot::RwLock<Arc<Policy>>,
+    policy_generation: AtomicU64,
+    /// Where misses from the UDP worker threads are resolved.
+    runtime: tokio::runtime::Handle,
     /// Per-client token buckets, when the limit is on.
     rate_limiter: Option<rate_limit::RateLimiter>,
     counters: Counters,
@@ -390,13 +413,125 @@ impl Policy {
     }
 }
 
-impl Core {
+impl Policy {
     fn allowed(&self, client: IpAddr) -> bool {
-        self.policy
-            .read()
-            .acl
-            .iter()
-            .any(|network| network.contains(client))
+        self.acl.iter().any(|network| network.contains(client))
+    }
+}
+
+/// A worker's copy of the policy and the generation it was read at.
+#[derive(Debug)]
+struct PolicyView {
+    generation: u64,
+    policy: Arc<Policy>,
+}
+
+/// The counters the hot path bumps, kept by one worker and added to the shared counters once
+/// per batch: no shared cache line is written per query.
+#[derive(Debug, Default)]
+struct Tally {
+    queries: u64,
+    cache_hits: u64,
+    truncated: u64,
+    dropped: u64,
+    rcodes: [u64; 16],
+}
+
+impl Tally {
+    fn count_reply(&mut self, reply: &[u8]) {
+        if let Some(byte) = reply.get(3) {
+            self.rcodes[usize::from(byte & 0x0F)] += 1;
+        }
+    }
+}
+
+impl Core {
+    /// A core with default settings, an empty cache and a resolver that is never called: for
+    /// exercising the request path without sockets. Must be called inside a tokio runtime.
+    fn offline() -> Self {
+        let counters = Counters::new();
+        let registry = counters.registry();
+        let resolver_config = crate::config::ResolverConfig::default();
+        Self {
+            resolver: Resolver::new(resolver_config).unwrap_or_else(|error| {
+                unreachable!("the default resolver config is valid: {error}")
+            }),
+            cache: PacketCache::new(PacketCacheConfig::default())
+                .unwrap_or_else(|error| unreachable!("the default cache config is valid: {error}")),
+            policy: parking_lot::RwLock::new(Arc::new(Policy::from_config(
+                &ServerConfig::default(),
+            ))),
+            policy_generation: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            rate_limiter: None,
+            counters,
+            registry,
+            inflight: Mutex::new(HashMap::new()),
+            resolutions: Arc::new(Semaphore::new(1)),
+            pending: AtomicUsize::new(0),
+            max_pending: 1,
+            max_udp_payload: 1232,
+            resolution_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn policy_snapshot(&self) -> PolicyView {
+        let generation = self.policy_generation.load(Ordering::Acquire);
+        PolicyView {
+            generation,
+            policy: self.policy.read().clone(),
+        }
+    }
+
+    /// Re-read the policy if a reload replaced it (one shared load when it did not).
+    fn refresh_policy(&self, view: &mut PolicyView) {
+        if self.policy_generation.load(Ordering::Acquire) != view.generation {
+            *view = self.policy_snapshot();
+        }
+    }
+
+    /// Add a worker's tally to the shared counters and zero it.
+    fn flush(&self, tally: &mut Tally) {
+        let counters = &self.counters;
+        let add = |counter: &prometheus_client::metrics::counter::Counter, value: u64| {
+            if value > 0 {
+                counter.inc_by(value);
+            }
+        };
+        add(&counters.queries, tally.queries);
+        add(&counters.cache_hits, tally.cache_hits);
+        add(&counters.truncated, tally.truncated);
+        add(&counters.dropped, tally.dropped);
+        for (counter, &value) in counters.rcodes.iter().zip(&tally.rcodes) {
+            add(counter, value);
+        }
+        *tally = Tally::default();
+    }
+
+    /// Resolve a UDP miss on the runtime and send the reply from there (non-blocking: a full
+    /// socket buffer drops the reply, as it would any datagram).
+    fn spawn_udp_miss(
+        self: &Arc<Self>,
+        socket: &Arc<std::net::UdpSocket>,
+        query: ClientQuery,
+        max_len: usize,
+        peer: SocketAddr,
+        in_flight: &Arc<()>,
+    ) {
+        let (core, socket, guard) = (self.clone(), socket.clone(), in_flight.clone());
+        self.runtime.spawn(async move {
+            let reply = core.answer_miss(query, max_len).await;
+            core.counters.count_reply(&reply);
+            let sent = socket2::SockRef::from(&*socket).send_to_with_flags(
+                &reply,
+                &peer.into(),
+                libc::MSG_DONTWAIT,
+            );
+            if let Err(error) = sent {
+                tracing::debug!(%peer, %error, "UDP send failed");
+            }
+            drop(guard);
+        });
     }
 
     /// Everything that needs no resolution: errors, refusals and packet-cache hits.
@@ -406,12 +541,14 @@ impl Core {
         client: IpAddr,
         udp: bool,
         out: &mut Vec<u8>,
+        policy: &Policy,
+        tally: &mut Tally,
     ) -> Fast {
         let counters = &self.counters;
-        Counters::bump(&counters.queries);
+        tally.queries += 1;
         out.clear();
         if packet.len() < HEADER_LEN || packet[2] & 0x80 != 0 {
-            Counters::bump(&counters.dropped);
+            tally.dropped += 1;
             return Fast::Drop;
         }
         // Before anything is sent back, so a spoofed source cannot be used for reflection.
@@ -422,7 +559,7 @@ impl Core {
             return Fast::Drop;
         }
         let parsed = parse_query(packet);
-        if !self.allowed(client) {
+        if !policy.allowed(client) {
             Counters::bump(&counters.refused);
             error_reply(packet, parsed.as_ref().ok(), RCODE_REFUSED, out);
             return Fast::Reply;
@@ -446,12 +583,12 @@ impl Core {
             badvers_reply(packet, &query, out);
             return Fast::Reply;
         }
-        // Zone transfers are not a resolver's business; ANY and meta types are not resolvable
-        // iteratively by this engine; classes other than IN have no public tree.
+        // Zone transfers are not a resolver's business; OPT is no question; classes other than
+        // IN have no public tree.
         let refusal = match (query.qclass, query.qtype) {
             (class, _) if class != 1 => Some(RCODE_REFUSED),
             (_, 251 | 252) => Some(RCODE_REFUSED),
-            (_, 41 | 255) => Some(RCODE_NOTIMP),
+            (_, 41) => Some(RCODE_NOTIMP),
             _ => None,
         };
         if let Some(rcode) = refusal {
@@ -468,14 +605,28 @@ impl Core {
         } else {
             usize::from(u16::MAX)
         };
+        // ANY (RFC 8482): one synthesised HINFO instead of everything at the name, which
+        // would make the resolver an amplifier and has no well-defined answer from a cache.
+        if query.qtype == respond::TYPE_ANY {
+            let client_query = ClientQuery::from_parsed(&query);
+            if let Some(template) = respond::any_template(&client_query) {
+                Counters::bump(&counters.local_answers);
+                personalise(&template, &client_query, out);
+                let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
+                if finish(out, client_query.qname.len(), dnssec_ok, max_len) {
+                    tally.truncated += 1;
+                }
+                return Fast::Reply;
+            }
+        }
         if let Some(lifetime_left) = self.cache.answer_into_with_lifetime(&query, out) {
-            Counters::bump(&counters.cache_hits);
-            if lifetime_left < self.policy.read().prefetch_percent {
+            tally.cache_hits += 1;
+            if lifetime_left < policy.prefetch_percent {
                 self.prefetch(ClientQuery::from_parsed(&query));
             }
             let dnssec_ok = query.edns.map(|edns| edns.dnssec_ok);
             if finish(out, query.qname_wire().len(), dnssec_ok, max_len) {
-                Counters::bump(&counters.truncated);
+                tally.truncated += 1;
             }
             return Fast::Reply;
         }
@@ -608,7 +759,8 @@ impl Core {
         drop(inflight);
         Counters::bump(&self.counters.prefetches);
         let core = self.clone();
-        tokio::spawn(async move {
+        // Called from UDP worker threads too, which are outside the runtime.
+        self.runtime.spawn(async move {
             let template = core.resolve_to_template(&query, true).await;
             core.inflight.lock().remove(&key);
             let _ = sender.send(Some(template));
@@ -750,42 +902,6 @@ fn bind_tcp(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn udp_loop(core: Arc<Core>, socket: Arc<UdpSocket>, in_flight: Arc<()>) {
-    let mut packet = vec![0u8; usize::from(u16::MAX)];
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        let (length, peer) = match socket.recv_from(&mut packet).await {
-            Ok(received) => received,
-            Err(error) => {
-                tracing::debug!(%error, "UDP receive failed");
-                continue;
-            }
-        };
-        match core.answer_fast(&packet[..length], peer.ip(), true, &mut out) {
-            Fast::Reply => {
-                core.counters.count_reply(&out);
-                if !out.is_empty()
-                    && let Err(error) = socket.send_to(&out, peer).await
-                {
-                    tracing::debug!(%peer, %error, "UDP send failed");
-                }
-            }
-            Fast::Drop => {}
-            Fast::Miss(query, max_len) => {
-                let (core, socket, guard) = (core.clone(), socket.clone(), in_flight.clone());
-                tokio::spawn(async move {
-                    let reply = core.answer_miss(query, max_len).await;
-                    core.counters.count_reply(&reply);
-                    if let Err(error) = socket.send_to(&reply, peer).await {
-                        tracing::debug!(%peer, %error, "UDP send failed");
-                    }
-                    drop(guard);
-                });
-            }
-        }
-    }
-}
-
 async fn tcp_accept_loop(
     core: Arc<Core>,
     listener: TcpListener,
@@ -860,7 +976,11 @@ async fn serve_tcp(
         if !matches!(read, Ok(Ok(_))) {
             break;
         }
-        match core.answer_fast(&packet, peer.ip(), false, &mut out) {
+        let policy = core.policy.read().clone();
+        let mut tally = Tally::default();
+        let fast = core.answer_fast(&packet, peer.ip(), false, &mut out, &policy, &mut tally);
+        core.flush(&mut tally);
+        match fast {
             Fast::Reply => {
                 core.counters.count_reply(&out);
                 if !out.is_empty() && replies.send(out.clone()).await.is_err() {
@@ -888,56 +1008,37 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::ResolverConfig;
-
-    fn core() -> Core {
-        let counters = Counters::new();
-        let registry = counters.registry();
-        Core {
-            resolver: Resolver::new(ResolverConfig::default()).unwrap(),
-            cache: PacketCache::new(PacketCacheConfig::default()).unwrap(),
-            policy: parking_lot::RwLock::new(Policy::from_config(&ServerConfig::default())),
-            rate_limiter: None,
-            counters,
-            registry,
-            inflight: Mutex::new(HashMap::new()),
-            resolutions: Arc::new(Semaphore::new(1)),
-            pending: AtomicUsize::new(0),
-            max_pending: 1,
-            max_udp_payload: 1232,
-            resolution_timeout: Duration::from_secs(1),
-        }
-    }
 
     proptest! {
         #[test]
-        fn any_bytes_get_a_well_formed_reply_or_none(
+        fn any_bytes_keep_the_request_path_invariants(
             packet in proptest::collection::vec(any::<u8>(), 0..300),
             header in proptest::collection::vec(any::<u8>(), 12),
-            udp in any::<bool>(),
         ) {
-            let core = Arc::new(core());
-            let mut out = Vec::new();
             // Random bytes, and random bytes behind a plausible query header.
             let mut plausible = header;
             plausible[2] &= 0x07; // a QUERY
             plausible[4..6].copy_from_slice(&[0, 1]); // one question
             plausible.extend_from_slice(&packet);
             for bytes in [&packet, &plausible] {
-                match core.answer_fast(bytes, IpAddr::from([127, 0, 0, 1]), udp, &mut out) {
-                    Fast::Reply => {
-                        prop_assert!(out.len() >= HEADER_LEN);
-                        prop_assert_eq!(&out[..2], &bytes[..2]);
-                        prop_assert!(out[2] & 0x80 != 0, "replies are responses");
-                        prop_assert!(crate::wire::parse_message(&out).is_ok());
-                    }
-                    Fast::Drop => prop_assert!(bytes.len() < HEADER_LEN || bytes[2] & 0x80 != 0),
-                    Fast::Miss(query, max_len) => {
-                        prop_assert!(max_len >= 512);
-                        prop_assert!(respond::question(&query).is_some());
-                    }
+                if let Err(violation) = check_request_path(bytes) {
+                    prop_assert!(false, "{}", violation);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_request_check_catches_nothing_on_ordinary_queries() {
+        let mut query = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(b"\x03www\x07example\x04test\x00\x00\x01\x00\x01");
+        assert_eq!(check_request_path(&query), Ok(()));
+        // ANY, a zone transfer and a bad class: answered locally, still well formed.
+        for (qtype, qclass) in [(255u16, 1u16), (252, 1), (1, 3)] {
+            let at = query.len() - 4;
+            query[at..at + 2].copy_from_slice(&qtype.to_be_bytes());
+            query[at + 2..].copy_from_slice(&qclass.to_be_bytes());
+            assert_eq!(check_request_path(&query), Ok(()));
         }
     }
 }

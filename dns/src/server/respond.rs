@@ -14,6 +14,11 @@ pub(crate) const RCODE_SERVFAIL: u8 = 2;
 pub(crate) const RCODE_FORMERR: u8 = 1;
 pub(crate) const RCODE_NOTIMP: u8 = 4;
 pub(crate) const RCODE_REFUSED: u8 = 5;
+/// QTYPE ANY (`*`).
+pub(crate) const TYPE_ANY: u16 = 255;
+/// TTL of the synthesised ANY answer (RFC 8482 4.2 leaves it to the operator; this is the
+/// value large public resolvers use).
+const ANY_HINFO_TTL: u32 = 3789;
 /// Extended rcode 16 (BADVERS): upper 8 bits 1 in the OPT record, 0 in the header.
 const EXTENDED_RCODE_BADVERS: u8 = 1;
 
@@ -162,6 +167,26 @@ pub(crate) fn encode_resolution(query: &ClientQuery, resolution: &Resolution) ->
     message.add_query(question);
     message.add_answers(resolution.answers.iter().cloned());
     message.add_authorities(resolution.authorities.iter().cloned());
+    message.to_vec().ok()
+}
+
+/// The RFC 8482 (section 4.2) answer to an ANY question: one HINFO record at the name with
+/// CPU "RFC8482" and an empty OS (ID 0, no OPT), or None when the name does not decode.
+pub(crate) fn any_template(query: &ClientQuery) -> Option<Vec<u8>> {
+    let (name, record_type) = question(query)?;
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    message.metadata.recursion_available = true;
+    let mut question = Query::query(name.clone(), record_type);
+    question.set_query_class(DNSClass::from(query.qclass));
+    message.add_query(question);
+    message.add_answer(hickory_proto::rr::Record::from_rdata(
+        name,
+        ANY_HINFO_TTL,
+        hickory_proto::rr::RData::HINFO(hickory_proto::rr::rdata::HINFO::new(
+            "RFC8482".into(),
+            String::new(),
+        )),
+    ));
     message.to_vec().ok()
 }
 

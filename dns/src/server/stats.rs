@@ -52,7 +52,8 @@ pub struct ServerStatsSnapshot {
     pub cache_hits: u64,
     /// Not in the packet cache: handed to the engine.
     pub cache_misses: u64,
-    /// Special-use names (localhost, invalid, private reverse zones) answered locally.
+    /// Answered locally: special-use names (localhost, invalid, private reverse zones) and ANY
+    /// questions (RFC 8482 HINFO).
     pub local_answers: u64,
     /// Refreshes started because a cached answer was asked for close to its expiry.
     pub prefetches: u64,
@@ -70,7 +71,7 @@ pub struct ServerStatsSnapshot {
     pub servfail: u64,
     /// FORMERR replies (malformed queries).
     pub formerr: u64,
-    /// NOTIMP replies (other opcodes, ANY, OPT).
+    /// NOTIMP replies (other opcodes, OPT as the question type).
     pub notimp: u64,
     /// REFUSED replies (ACL, zone transfers, classes other than IN).
     pub refused: u64,

@@ -198,3 +198,71 @@ async fn referrals_are_traced_step_by_step() {
     ));
     assert_eq!(result.upstream_queries as usize, result.trace.len());
 }
+
+/// One server authoritative for the root, `shared.` and `child.shared.` (no referrals between
+/// them, as when one NSD serves every zone). After the first question has found the zone cuts
+/// through the SOAs of the minimised NODATA replies, later questions under the child zone start
+/// there: one upstream query each, not a fresh walk from the root.
+#[tokio::test]
+async fn a_server_authoritative_for_parent_and_child_is_not_rewalked_from_the_root() {
+    const ROOT: &str = "
+$TTL 86400
+@          IN SOA a.root. hostmaster.root. 1 1800 900 604800 86400
+@          IN NS  a.root.
+a.root.    IN A   127.0.0.2
+shared.    IN NS  a.root.
+";
+    const SHARED: &str = "
+$TTL 86400
+@          IN SOA a.root. hostmaster.shared. 1 1800 900 604800 300
+@          IN NS  a.root.
+child      IN NS  a.root.
+";
+    const CHILD: &str = "
+$TTL 3600
+@          IN SOA a.root. hostmaster.child.shared. 1 3600 600 86400 60
+@          IN NS  a.root.
+host1      IN A   192.0.2.11
+host2      IN A   192.0.2.12
+host3      IN A   192.0.2.13
+host4      IN A   192.0.2.14
+";
+    let hierarchy = edgekit_testkit::dns::HierarchyBuilder::new()
+        .server(
+            "a.root.",
+            std::net::Ipv4Addr::new(127, 0, 0, 2),
+            &[(".", ROOT), ("shared.", SHARED), ("child.shared.", CHILD)],
+        )
+        .start()
+        .await
+        .expect("the hierarchy starts");
+    let resolver = resolver(&hierarchy);
+    let first = resolver
+        .resolve(&name("host1.child.shared."), RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(
+        addresses(&first),
+        vec!["192.0.2.11".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    for (label, ip) in [
+        ("host2", "192.0.2.12"),
+        ("host3", "192.0.2.13"),
+        ("host4", "192.0.2.14"),
+    ] {
+        let result = resolver
+            .resolve(&name(&format!("{label}.child.shared.")), RecordType::A)
+            .await
+            .unwrap();
+        assert_eq!(
+            addresses(&result),
+            vec![ip.parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            result.upstream_queries, 1,
+            "{label}: expected one query at the learned cut child.shared., got {:#?}",
+            result.trace
+        );
+        assert_eq!(result.trace[0].zone, name("child.shared."));
+    }
+}
