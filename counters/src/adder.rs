@@ -158,6 +158,11 @@ impl Adder {
         increments > 0 || decrements > 0
     }
 
+    /// Add a whole entry (both parts), saturating.
+    pub(crate) fn add_parts(&self, count: PnCount) {
+        self.base.add_parts(count.increments, count.decrements);
+    }
+
     /// The sum of every cell. Each cell only grows, so the result includes every add that
     /// finished before this call started.
     pub(crate) fn sum(&self) -> PnCount {

@@ -76,7 +76,9 @@ mod set;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counter::Counter;
-pub use delta::{DELTA_FORMAT_VERSION, DecodeError, Delta};
+pub use delta::{
+    DELTA_FORMAT_VERSION, DELTA_FORMAT_WITH_RETIREMENTS, DecodeError, Delta, Retirement,
+};
 pub use node::{
     CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError,
     MAX_KEY_LEN, NodeError, PeerStatus,
@@ -84,4 +86,6 @@ pub use node::{
 pub use node_id::{MAX_NODE_ID_LEN, NodeId, NodeIdError};
 pub use pn::{PnCount, PnState};
 pub use ratelimit::{Decision, RateLimit, RateLimitError, RateLimiter, WindowKey};
-pub use set::{Acknowledged, ConfigError, CounterSet, CounterSetConfig, MergeReport};
+pub use set::{
+    Acknowledged, ConfigError, CounterSet, CounterSetConfig, MergeReport, RetireError, RetireReport,
+};

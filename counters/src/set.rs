@@ -13,7 +13,9 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
-use crate::{Clock, Delta, NodeId, PnCount, PnState, SystemClock, adder::Adder, pn::clamp_i64};
+use crate::{
+    Clock, Delta, NodeId, PnCount, PnState, Retirement, SystemClock, adder::Adder, pn::clamp_i64,
+};
 
 /// How a [`CounterSet`] is laid out and when it forgets idle keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -124,6 +126,31 @@ pub struct MergeReport {
     /// sender for its full state.
     pub needs_full_state: bool,
 }
+
+/// What [`CounterSet::retire`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetireReport {
+    /// Keys whose retired entry was folded into this node's own entry.
+    pub keys_folded: usize,
+    /// The node was already retired (here or by a retirement merged from a peer): nothing changed.
+    pub already_retired: bool,
+}
+
+/// Why [`CounterSet::retire`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetireError {
+    /// A node cannot retire itself: its own entry has nowhere to go.
+    #[error("node {0} cannot retire itself; ask a surviving node to retire it")]
+    OwnNode(NodeId),
+    /// The caller's `persist` step failed; nothing was changed.
+    #[error("cannot persist the retirement: {0}")]
+    Persist(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Node index of a retired node in a merge's index map: its entries are skipped.
+const SKIP: u32 = u32::MAX;
 
 /// How far this set has merged another node's changes: versions of that node's incarnation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -246,6 +273,14 @@ impl NodeTable {
 struct Replication {
     version: u64,
     acknowledged: HashMap<NodeId, Acknowledged>,
+    /// Tombstones: every retirement this set knows, sent along with every delta.
+    retired: Vec<Retirement>,
+}
+
+impl Replication {
+    fn is_retired(&self, node: &NodeId) -> bool {
+        self.retired.iter().any(|r| &r.retired == node)
+    }
 }
 
 #[repr(C)]
@@ -581,6 +616,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
                 .into_iter()
                 .map(|(_, key, entries)| (key, entries))
                 .collect(),
+            retired: replication.retired.clone(),
         }
     }
 
@@ -616,11 +652,21 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     /// again; increments made before recovery are then absorbed by the maximum.
     pub fn merge(&self, delta: &Delta<K>) -> MergeReport {
         let now_ms = self.now_ms();
-        let local_index: Vec<u32> = {
+        let mut local_index: Vec<u32> = {
             let mut nodes = self.inner.nodes.write();
             delta.nodes.iter().map(|id| nodes.intern(id)).collect()
         };
         let mut replication = self.inner.replication.lock();
+        // Tombstones first: the survivor's folded entries may be in this very delta, and must
+        // never meet the retired node's entries in one total.
+        for retirement in &delta.retired {
+            self.absorb_retirement(&mut replication, retirement);
+        }
+        for (index, id) in local_index.iter_mut().zip(&delta.nodes) {
+            if *index != 0 && replication.is_retired(id) {
+                *index = SKIP;
+            }
+        }
         let mut changed_keys = 0;
         for (key, entries) in &delta.keys {
             let hash = self.hash(key);
@@ -660,6 +706,9 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
             let Some(&local) = local_index.get(*index as usize) else {
                 continue;
             };
+            if local == SKIP {
+                continue;
+            }
             if local == 0 {
                 if entry.local.raise_to(*count) {
                     meta.observed = entry.local.sum();
@@ -716,6 +765,139 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
             ack.version = ack.version.max(delta.until);
         }
         continues
+    }
+
+    /// Record a tombstone learned from a peer (or reloaded from disk) and drop the retired node's
+    /// entries everywhere. Idempotent.
+    fn absorb_retirement(&self, replication: &mut Replication, retirement: &Retirement) {
+        if replication.is_retired(&retirement.retired) {
+            return;
+        }
+        replication.retired.push(retirement.clone());
+        if retirement.retired == self.inner.node {
+            // Our own entry cannot be dropped here; every other node now ignores it.
+            tracing::error!(node = %self.inner.node, survivor = %retirement.survivor,
+                "this node was retired: its counts are ignored by every other node from now on");
+            return;
+        }
+        let Some(index) = self
+            .inner
+            .nodes
+            .read()
+            .index
+            .get(&retirement.retired)
+            .copied()
+        else {
+            return;
+        };
+        for shard in &*self.inner.shards {
+            for slot in shard.read().iter() {
+                let mut meta = slot.entry.meta.lock();
+                if let Ok(at) = meta.remote.binary_search_by_key(&index, |(i, _)| *i) {
+                    let mut remote = std::mem::take(&mut meta.remote).into_vec();
+                    remote.remove(at);
+                    meta.remote = remote.into_boxed_slice();
+                }
+            }
+        }
+    }
+
+    /// Retire `node`: fold its entry of every key into this node's own entry, drop it, and
+    /// record a tombstone that every delta from now on carries, so that every node drops the
+    /// retired entries exactly when it learns of the fold and ignores them from then on. No
+    /// total changes anywhere, and state no longer carries the retired node's entries.
+    ///
+    /// Retire a node that has **stopped for good** and whose last increments have reached this
+    /// node (its entry here is final): increments it made that this node never saw are dropped
+    /// with its entries. A retired id must never be reused.
+    ///
+    /// Equivalent to [`retire_with`](Self::retire_with) with nothing to persist.
+    pub fn retire(&self, node: &NodeId) -> Result<RetireReport, RetireError> {
+        self.retire_with(node, |_, _| Ok(()))
+    }
+
+    /// [`retire`](Self::retire), calling `persist` with the tombstone and this node's own entry
+    /// after the fold for every key it changes, *before* anything changes in memory (a node that
+    /// journals its own entries makes both durable in one record). Merges wait meanwhile, so
+    /// what `persist` sees is exactly what is applied. If `persist` fails, nothing changes.
+    pub fn retire_with<F>(&self, node: &NodeId, persist: F) -> Result<RetireReport, RetireError>
+    where
+        F: FnOnce(
+            &Retirement,
+            &[(K, PnCount)],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if *node == self.inner.node {
+            return Err(RetireError::OwnNode(node.clone()));
+        }
+        let now_ms = self.now_ms();
+        let mut replication = self.inner.replication.lock();
+        if replication.is_retired(node) {
+            return Ok(RetireReport {
+                keys_folded: 0,
+                already_retired: true,
+            });
+        }
+        let retirement = Retirement {
+            retired: node.clone(),
+            survivor: self.inner.node.clone(),
+        };
+        let index = self.inner.nodes.read().index.get(node).copied();
+        // (key, the retired entry, our own entry after the fold)
+        let mut plan: Vec<(K, PnCount, PnCount)> = Vec::new();
+        if let Some(index) = index {
+            for shard in &*self.inner.shards {
+                for Slot { key, entry } in shard.read().iter() {
+                    let meta = entry.meta.lock();
+                    if let Ok(at) = meta.remote.binary_search_by_key(&index, |(i, _)| *i) {
+                        let folded = meta.remote[at].1;
+                        let after = entry.local.sum().saturating_sum(folded);
+                        plan.push((key.clone(), folded, after));
+                    }
+                }
+            }
+        }
+        let own_after: Vec<(K, PnCount)> = plan
+            .iter()
+            .map(|(key, _, after)| (key.clone(), *after))
+            .collect();
+        persist(&retirement, &own_after).map_err(RetireError::Persist)?;
+        // Merges are held off by the replication lock, so the planned entries are still there.
+        for (key, folded, _) in &plan {
+            let hash = self.hash(key);
+            let shard = self.shard(hash).read();
+            let Some(slot) = shard.find(hash, |slot| slot.key == *key) else {
+                continue;
+            };
+            let mut meta = slot.entry.meta.lock();
+            if let Some(index) = index
+                && let Ok(at) = meta.remote.binary_search_by_key(&index, |(i, _)| *i)
+            {
+                let mut remote = std::mem::take(&mut meta.remote).into_vec();
+                remote.remove(at);
+                meta.remote = remote.into_boxed_slice();
+            }
+            slot.entry.local.add_parts(*folded);
+            let own = slot.entry.local.sum();
+            meta.observed = own;
+            meta.bump(&mut replication, now_ms);
+        }
+        replication.retired.push(retirement);
+        Ok(RetireReport {
+            keys_folded: plan.len(),
+            already_retired: false,
+        })
+    }
+
+    /// Every retirement this set knows.
+    pub fn retirements(&self) -> Vec<Retirement> {
+        self.inner.replication.lock().retired.clone()
+    }
+
+    /// Re-learn a tombstone from durable storage after a restart (before merging anything).
+    pub(crate) fn restore_retirement(&self, retirement: &Retirement) {
+        let mut replication = self.inner.replication.lock();
+        self.absorb_retirement(&mut replication, retirement);
     }
 
     /// What this set has merged of `node`'s changes, to send back so it can reply with a delta.

@@ -108,7 +108,11 @@ pub(crate) fn run(command: CountersCommand, _global: &GlobalOpts) -> anyhow::Res
             let body = request(args.node, reqwest::Method::GET, "/v1/status")?;
             print_status(&body, args.json)
         }
-        CountersCommand::Retire(_) => Err(super::not_built("counters retire", 4)),
+        CountersCommand::Retire(args) => {
+            let path = format!("/v1/retire/{}", encode(&args.id));
+            let body = request(args.node.node, reqwest::Method::POST, &path)?;
+            print_retired(&body, args.node.json)
+        }
     }
 }
 
@@ -190,6 +194,27 @@ fn print_value(body: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_retired(body: &Value, json: bool) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    if json {
+        writeln!(stdout, "{body}")?;
+        return Ok(());
+    }
+    let text = |value: &Value| value.as_str().unwrap_or("?").to_owned();
+    if body["already_retired"].as_bool() == Some(true) {
+        writeln!(stdout, "{} was already retired", text(&body["retired"]))?;
+    } else {
+        writeln!(
+            stdout,
+            "retired {} into {}: {} keys folded",
+            text(&body["retired"]),
+            text(&body["survivor"]),
+            body["keys_folded"]
+        )?;
+    }
+    Ok(())
+}
+
 fn print_status(body: &Value, json: bool) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     if json {
@@ -200,6 +225,14 @@ fn print_status(body: &Value, json: bool) -> anyhow::Result<()> {
     writeln!(stdout, "node    {}", text(&body["node_id"]))?;
     writeln!(stdout, "gossip  {}", text(&body["gossip_addr"]))?;
     writeln!(stdout, "keys    {}", body["keys"])?;
+    for retired in body["retired"].as_array().into_iter().flatten() {
+        writeln!(
+            stdout,
+            "retired {} (folded into {})",
+            text(&retired["retired"]),
+            text(&retired["survivor"])
+        )?;
+    }
     for peer in body["peers"].as_array().into_iter().flatten() {
         let id = peer["node_id"].as_str().unwrap_or("(no handshake yet)");
         let sync = match peer["last_sync_age_ms"].as_u64() {

@@ -27,7 +27,7 @@ use tokio::{
 
 pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError};
 
-use crate::{CounterSet, NodeId, PnCount};
+use crate::{CounterSet, NodeId, PnCount, RetireError, RetireReport};
 
 /// The longest counter key the node accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -121,6 +121,9 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A retirement was refused or could not be made durable.
+    #[error("retire: {0}")]
+    Retire(#[from] RetireError),
 }
 
 /// What one configured peer link looks like now.
@@ -206,12 +209,21 @@ struct IncrRequest {
     reply: oneshot::Sender<Result<i64, NodeError>>,
 }
 
+/// Work for the single writer of this node's own entries.
+enum Commit {
+    Incr(IncrRequest),
+    Retire {
+        node: NodeId,
+        reply: oneshot::Sender<Result<RetireReport, NodeError>>,
+    },
+}
+
 pub(crate) struct Shared {
     counters: CounterSet<String>,
     config: CounterNodeConfig,
     peers: Mutex<Vec<PeerState>>,
     metrics: Metrics,
-    commits: mpsc::Sender<IncrRequest>,
+    commits: mpsc::Sender<Commit>,
     limiters: Mutex<std::collections::HashMap<(u64, u64), crate::RateLimiter<String>>>,
     gossip_addr: SocketAddr,
 }
@@ -259,12 +271,15 @@ impl CounterNode {
     /// Load the journal, bind the gossip (and HTTP) listeners, and start replicating.
     pub async fn start(config: CounterNodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
-        let (journal, own_entries) =
-            journal::Journal::open(&config.data_dir).map_err(|source| NodeError::Journal {
+        let (journal, (own_entries, retirements)) = journal::Journal::open(&config.data_dir)
+            .map_err(|source| NodeError::Journal {
                 path: config.data_dir.clone(),
                 source,
             })?;
         let counters = CounterSet::<String>::new(config.node_id.clone());
+        for retirement in &retirements {
+            counters.restore_retirement(retirement);
+        }
         for (key, count) in own_entries {
             counters.raise_own(key, count);
         }
@@ -371,6 +386,12 @@ impl CounterNode {
         self.shared.incr(key, by).await
     }
 
+    /// Retire `node` (stopped for good): fold its entries into this node's own, durably, and
+    /// spread the tombstone with every delta (see [`CounterSet::retire`]). No total changes.
+    pub async fn retire(&self, node: &NodeId) -> Result<RetireReport, NodeError> {
+        self.shared.retire(node).await
+    }
+
     /// Every configured peer's link state.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.shared.peer_statuses()
@@ -392,9 +413,21 @@ impl Shared {
     async fn incr(&self, key: &str, by: i64) -> Result<i64, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.commits
-            .send(IncrRequest {
+            .send(Commit::Incr(IncrRequest {
                 key: key.to_owned(),
                 by,
+                reply,
+            }))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    async fn retire(&self, node: &NodeId) -> Result<RetireReport, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commits
+            .send(Commit::Retire {
+                node: node.clone(),
                 reply,
             })
             .await
@@ -428,15 +461,49 @@ fn run_committer(
     counters: &CounterSet<String>,
     committed: &PromCounter,
     mut journal: journal::Journal,
-    mut queue: mpsc::Receiver<IncrRequest>,
+    mut queue: mpsc::Receiver<Commit>,
 ) {
     let failed = AtomicBool::new(false);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
+    // A retirement taken off the queue while gathering a batch runs right after that batch.
+    let mut retire_next = None;
+    loop {
+        let first = match retire_next.take() {
+            Some(retire) => retire,
+            None => match queue.blocking_recv() {
+                Some(commit) => commit,
+                None => return,
+            },
+        };
+        match first {
+            Commit::Incr(request) => batch.push(request),
+            Commit::Retire { node, reply } => {
+                let result = if failed.load(Ordering::Relaxed) {
+                    Err(NodeError::JournalFailed("an earlier write failed".into()))
+                } else {
+                    counters
+                        .retire_with(&node, |retirement, own_after| {
+                            journal
+                                .append_retirement(retirement, own_after)
+                                .map_err(|err| {
+                                    // Unknown file state, as for increments below.
+                                    failed.store(true, Ordering::Relaxed);
+                                    err.into()
+                                })
+                        })
+                        .map_err(NodeError::from)
+                };
+                let _ = reply.send(result);
+                continue;
+            }
+        }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(Commit::Incr(request)) => batch.push(request),
+                Ok(retire) => {
+                    retire_next = Some(retire);
+                    break;
+                }
                 Err(_) => break,
             }
         }

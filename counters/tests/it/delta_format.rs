@@ -58,10 +58,17 @@ fn rejects_what_it_cannot_read_with_a_clear_error() {
         Err(DecodeError::Empty)
     ));
     let mut future = good.clone();
-    future[0] = 2;
+    future[0] = 3;
     let err = Delta::<String>::decode(&future).unwrap_err();
-    assert!(matches!(err, DecodeError::UnsupportedVersion { found: 2 }));
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(matches!(err, DecodeError::UnsupportedVersion { found: 3 }));
+    assert!(err.to_string().contains("version 3"), "{err}");
+    // Version 2 promises a retirement list after the keys; version 1 bytes lack it.
+    let mut missing_retirements = good.clone();
+    missing_retirements[0] = 2;
+    assert!(matches!(
+        Delta::<String>::decode(&missing_retirements),
+        Err(DecodeError::Malformed(_))
+    ));
     let mut trailing = good.clone();
     trailing.push(0);
     assert!(matches!(

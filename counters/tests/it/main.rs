@@ -5,4 +5,5 @@ mod crdt_laws;
 mod delta_format;
 mod model;
 mod rate_limiter;
+mod retire;
 mod set_basics;
