@@ -517,3 +517,48 @@ fn serve_refuses_a_non_loopback_listen_address_without_insecure() {
         .failure()
         .stderr(predicate::str::contains("--insecure"));
 }
+
+#[test]
+fn serve_names_an_unreadable_tls_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("node-cert.pem");
+    assert_cmd::Command::cargo_bin("edgekit")
+        .unwrap()
+        .args([
+            "counters",
+            "serve",
+            "--node-id",
+            "n",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .arg("--tls-ca")
+        .arg(&missing)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("node-cert.pem"));
+    // The three files go together.
+    assert_cmd::Command::cargo_bin("edgekit")
+        .unwrap()
+        .args([
+            "counters",
+            "serve",
+            "--node-id",
+            "n",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .arg("--tls-cert")
+        .arg(&missing)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--tls-key"));
+}

@@ -81,7 +81,7 @@ pub use delta::{
 };
 pub use node::{
     CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError,
-    MAX_KEY_LEN, NodeError, PeerStatus,
+    MAX_KEY_LEN, NodeError, NodeTls, PeerStatus,
 };
 pub use node_id::{MAX_NODE_ID_LEN, NodeId, NodeIdError};
 pub use pn::{PnCount, PnState};

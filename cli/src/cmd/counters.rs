@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId};
+use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId, NodeTls};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -52,6 +52,16 @@ pub(crate) struct ServeArgs {
     /// Allow node-to-node links on a non-loopback address without TLS (unauthenticated).
     #[arg(long)]
     pub(crate) insecure: bool,
+    /// This node's certificate chain (PEM) for mutual TLS between nodes; needs --tls-key and
+    /// --tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -117,10 +127,14 @@ pub(crate) fn run(command: CountersCommand, _global: &GlobalOpts) -> anyhow::Res
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.insecure {
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(NodeTls::from_pem_files(cert, key, ca)?),
+        _ => None,
+    };
+    if !args.listen.ip().is_loopback() && tls.is_none() && !args.insecure {
         bail!(
-            "refusing to listen for node links on non-loopback {} without TLS (mutual TLS is not \
-             built yet); pass --insecure to accept unauthenticated links",
+            "refusing to listen for node links on non-loopback {} without TLS: give --tls-cert, \
+             --tls-key and --tls-ca, or pass --insecure to accept unauthenticated links",
             args.listen
         );
     }
@@ -130,6 +144,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.peers.clone_from(&args.peers);
     config.http = Some(args.http);
     config.interval = args.interval;
+    config.tls = tls;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

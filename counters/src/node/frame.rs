@@ -30,6 +30,9 @@ pub enum GossipError {
     /// The socket failed or the peer closed it (including mid-frame).
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed (e.g. the peer has no certificate the cluster CA signed).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The peer did not send or answer in time.
     #[error("peer did not answer within {0:?}")]
     Timeout(std::time::Duration),

@@ -4,6 +4,7 @@ mod frame;
 mod gossip;
 mod http;
 mod journal;
+mod tls;
 
 use std::{
     net::SocketAddr,
@@ -26,6 +27,7 @@ use tokio::{
 };
 
 pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError};
+pub use tls::NodeTls;
 
 use crate::{CounterSet, NodeId, PnCount, RetireError, RetireReport};
 
@@ -51,6 +53,9 @@ pub struct CounterNodeConfig {
     pub interval: Duration,
     /// Bound on one gossip frame's payload. Default 16 MiB.
     pub max_frame_len: usize,
+    /// Mutual TLS for gossip links, both directions; `None` (the default) is clear text, which
+    /// only belongs on loopback or a trusted network.
+    pub tls: Option<NodeTls>,
 }
 
 impl CounterNodeConfig {
@@ -64,6 +69,7 @@ impl CounterNodeConfig {
             data_dir: data_dir.into(),
             interval: Duration::from_secs(1),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            tls: None,
         }
     }
 
@@ -121,6 +127,9 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The TLS certificates could not be loaded, or do not form a usable configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A retirement was refused or could not be made durable.
     #[error("retire: {0}")]
     Retire(#[from] RetireError),
