@@ -80,8 +80,8 @@ pub use delta::{
     DELTA_FORMAT_VERSION, DELTA_FORMAT_WITH_RETIREMENTS, DecodeError, Delta, Retirement,
 };
 pub use node::{
-    CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError,
-    MAX_KEY_LEN, NodeError, NodeTls, PeerStatus,
+    CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, Durability, GOSSIP_PROTOCOL_VERSION,
+    GossipError, MAX_KEY_LEN, NodeError, NodeTls, PeerStatus,
 };
 pub use node_id::{MAX_NODE_ID_LEN, NodeId, NodeIdError};
 pub use pn::{PnCount, PnState};

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId, NodeTls};
+use edgekit_counters::{CounterNode, CounterNodeConfig, Durability, NodeId, NodeTls};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -49,6 +49,11 @@ pub(crate) struct ServeArgs {
     /// Anti-entropy interval: how often each peer is sent what it has not acknowledged.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) interval: Duration,
+    /// Acknowledge increments once written and applied, and fsync the journal this often
+    /// (like Redis's `appendfsync everysec`: a power loss may lose the last interval). Without
+    /// it, every increment is fsynced before it is acknowledged.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) fsync_every: Option<Duration>,
     /// Allow node-to-node links on a non-loopback address without TLS (unauthenticated).
     #[arg(long)]
     pub(crate) insecure: bool,
@@ -145,6 +150,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.http = Some(args.http);
     config.interval = args.interval;
     config.tls = tls;
+    if let Some(every) = args.fsync_every {
+        config.durability = Durability::FsyncEvery(every);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -209,6 +209,10 @@ async fn status(State(shared): State<AppState>) -> Response {
         "gossip_addr": shared.gossip_addr.to_string(),
         "keys": shared.counters.len(),
         "retired": shared.counters.retirements(),
+        "durability": match shared.config.durability {
+            super::Durability::FsyncEvery(every) => format!("fsync every {every:?}"),
+            _ => "fsync before acknowledging".to_owned(),
+        },
         "peers": shared.peer_statuses(),
     }))
     .into_response()

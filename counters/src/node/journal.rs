@@ -76,12 +76,23 @@ impl Journal {
 
     /// Append `entries` and fsync: once this returns `Ok`, they survive a crash.
     pub(crate) fn append(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
+        self.append_unsynced(entries)?;
+        self.file.sync_data()
+    }
+
+    /// Append `entries` without fsync: they survive a crash of the process (they are in the
+    /// kernel's page cache) but not of the machine until the next [`sync_handle`] fsync.
+    pub(crate) fn append_unsynced(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
         let mut buffer = Vec::new();
         for (key, count) in entries {
             encode_record(&mut buffer, key, *count);
         }
-        self.file.write_all(&buffer)?;
-        self.file.sync_data()
+        self.file.write_all(&buffer)
+    }
+
+    /// A second handle on the journal file, for fsyncing it from another thread.
+    pub(crate) fn sync_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Append a retirement and the own entries its fold produced as one record, and fsync.

@@ -34,6 +34,23 @@ use crate::{CounterSet, NodeId, PnCount, RetireError, RetireReport};
 /// The longest counter key the node accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 
+/// When an increment answered over HTTP (or by [`CounterNode::incr`]) is on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Journalled and fsynced (group-committed with concurrent increments) *before* it is
+    /// applied and acknowledged: no acknowledged increment is ever lost. The default.
+    #[default]
+    Fsync,
+    /// Journalled (written to the file, so it survives the process being killed) and applied,
+    /// then acknowledged; the journal is fsynced every `Duration`. Like Redis's
+    /// `appendfsync everysec`: a machine crash or power loss may lose the increments of the last
+    /// interval, and increments made after such a restart, before the node has re-learned its
+    /// own entry from peers that had seen the lost ones, may be absorbed by the per-node
+    /// maximum (up to the same amount). A `kill -9` of the process alone loses nothing.
+    FsyncEvery(Duration),
+}
+
 /// How a [`CounterNode`] runs. Build with [`CounterNodeConfig::new`], then [`validate`](Self::validate)
 /// (done by [`CounterNode::start`]).
 #[derive(Clone, Debug)]
@@ -56,6 +73,9 @@ pub struct CounterNodeConfig {
     /// Mutual TLS for gossip links, both directions; `None` (the default) is clear text, which
     /// only belongs on loopback or a trusted network.
     pub tls: Option<NodeTls>,
+    /// When increments are on disk relative to their acknowledgement. Default
+    /// [`Durability::Fsync`].
+    pub durability: Durability,
 }
 
 impl CounterNodeConfig {
@@ -70,6 +90,7 @@ impl CounterNodeConfig {
             interval: Duration::from_secs(1),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             tls: None,
+            durability: Durability::Fsync,
         }
     }
 
@@ -86,6 +107,13 @@ impl CounterNodeConfig {
                 "max_frame_len = {}: must be between 1024 and {}",
                 self.max_frame_len,
                 u32::MAX
+            )));
+        }
+        if let Durability::FsyncEvery(every) = self.durability
+            && (every < Duration::from_millis(1) || every > Duration::from_secs(3600))
+        {
+            return Err(NodeError::Config(format!(
+                "durability = fsync every {every:?}: must be between 1 ms and 1 h"
             )));
         }
         if self.peers.contains(&self.listen) {
@@ -241,10 +269,12 @@ pub(crate) struct Shared {
 /// over TCP, and (optionally) the HTTP API. Dropping it (or [`shutdown`](Self::shutdown)) stops
 /// its tasks.
 ///
-/// **Durability:** an increment is journalled (fsynced, group-committed with concurrent ones)
-/// *before* it is applied in memory, so peers only ever see durable values of this node's entry;
-/// after `kill -9` the node reloads its entry from the journal and loses no acknowledged
-/// increment and counts none twice.
+/// **Durability** (default [`Durability::Fsync`]): an increment is journalled (fsynced,
+/// group-committed with concurrent ones) *before* it is applied in memory, so peers only ever
+/// see durable values of this node's entry; after `kill -9` or a power loss the node reloads its
+/// entry from the journal and loses no acknowledged increment and counts none twice.
+/// [`Durability::FsyncEvery`] trades the power-loss guarantee for throughput, like Redis's
+/// `appendfsync everysec`.
 ///
 /// ```
 /// use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId};
@@ -335,13 +365,38 @@ impl CounterNode {
         // The committer holds no `Shared`, so it ends once the node (the queue's sender) is gone.
         let committer_counters = shared.counters.clone();
         let committed = shared.metrics.increments.clone();
+        let journal_error = |source| NodeError::Journal {
+            path: shared.config.data_dir.clone(),
+            source,
+        };
+        let failed = Arc::new(AtomicBool::new(false));
+        // Keeps the syncer running; dropped by the committer when it ends.
+        let mut syncer_alive = None;
+        if let Durability::FsyncEvery(every) = shared.config.durability {
+            let file = journal.sync_handle().map_err(journal_error)?;
+            let (alive, stopped) = std::sync::mpsc::channel::<()>();
+            syncer_alive = Some(alive);
+            let failed = Arc::clone(&failed);
+            std::thread::Builder::new()
+                .name("counters-fsync".into())
+                .spawn(move || run_syncer(&file, every, &stopped, &failed))
+                .map_err(journal_error)?;
+        }
+        let durability = shared.config.durability;
         std::thread::Builder::new()
             .name("counters-journal".into())
-            .spawn(move || run_committer(&committer_counters, &committed, journal, commit_queue))
-            .map_err(|source| NodeError::Journal {
-                path: shared.config.data_dir.clone(),
-                source,
-            })?;
+            .spawn(move || {
+                run_committer(
+                    &committer_counters,
+                    &committed,
+                    journal,
+                    commit_queue,
+                    durability,
+                    &failed,
+                );
+                drop(syncer_alive);
+            })
+            .map_err(journal_error)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(gossip::accept_loop(
             Arc::clone(&shared),
@@ -471,8 +526,9 @@ fn run_committer(
     committed: &PromCounter,
     mut journal: journal::Journal,
     mut queue: mpsc::Receiver<Commit>,
+    durability: Durability,
+    failed: &AtomicBool,
 ) {
-    let failed = AtomicBool::new(false);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // A retirement taken off the queue while gathering a batch runs right after that batch.
     let mut retire_next = None;
@@ -538,7 +594,11 @@ fn run_committer(
                 }
             }
         }
-        match journal.append(&after) {
+        let written = match durability {
+            Durability::FsyncEvery(_) => journal.append_unsynced(&after),
+            _ => journal.append(&after),
+        };
+        match written {
             Ok(()) => {
                 for request in batch.drain(..) {
                     counters.add(&request.key, request.by);
@@ -558,6 +618,31 @@ fn run_committer(
                         .send(Err(NodeError::JournalFailed(err.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// [`Durability::FsyncEvery`]: fsync the journal every `every` until the committer ends (its
+/// end of `stopped` is dropped), then once more.
+fn run_syncer(
+    file: &std::fs::File,
+    every: Duration,
+    stopped: &std::sync::mpsc::Receiver<()>,
+    failed: &AtomicBool,
+) {
+    loop {
+        let done = !matches!(
+            stopped.recv_timeout(every),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(err) = file.sync_data() {
+            // As for a failed write: what is on disk is unknown, so stop acknowledging.
+            tracing::error!(error = %err, "journal fsync failed");
+            failed.store(true, Ordering::Relaxed);
+            return;
+        }
+        if done {
+            return;
         }
     }
 }
@@ -608,6 +693,34 @@ mod tests {
         let b = node("b", dir_b.path(), vec![], "127.0.0.1:0".parse()?).await?;
         assert_eq!(b.counters().get("k"), 8);
         assert_eq!(b.incr("k", 1).await?, 9);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fsync_every_acknowledges_and_a_restart_reloads_every_acknowledged_increment()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let start = || async {
+            let mut config =
+                CounterNodeConfig::new(NodeId::new("a")?, "127.0.0.1:0".parse()?, dir.path());
+            config.durability = Durability::FsyncEvery(Duration::from_millis(20));
+            Ok::<_, Box<dyn std::error::Error>>(CounterNode::start(config).await?)
+        };
+        let a = start().await?;
+        for _ in 0..50 {
+            a.incr("k", 2).await?;
+        }
+        assert_eq!(a.incr("k", -1).await?, 99);
+        a.shutdown();
+        // The committer and syncer threads end with the node; the written journal reloads.
+        let a = start().await?;
+        assert_eq!(a.counters().get("k"), 99);
+
+        let mut config =
+            CounterNodeConfig::new(NodeId::new("a")?, "127.0.0.1:0".parse()?, dir.path());
+        config.durability = Durability::FsyncEvery(Duration::ZERO);
+        let err = config.validate().expect_err("zero interval");
+        assert!(err.to_string().contains("fsync every"), "{err}");
         Ok(())
     }
 
