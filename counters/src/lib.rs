@@ -81,7 +81,7 @@ pub use delta::{
 };
 pub use node::{
     CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, Durability, GOSSIP_PROTOCOL_VERSION,
-    GossipError, MAX_KEY_LEN, NodeError, NodeTls, PeerStatus,
+    GossipError, MAX_KEY_LEN, NodeError, NodeTls, PeerStatus, decode_gossip_frame,
 };
 pub use node_id::{MAX_NODE_ID_LEN, NodeId, NodeIdError};
 pub use pn::{PnCount, PnState};

@@ -26,7 +26,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError};
+pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError, decode_gossip_frame};
 pub use tls::NodeTls;
 
 use crate::{CounterSet, NodeId, PnCount, RetireError, RetireReport};
