@@ -63,24 +63,26 @@ done
 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping | grep -q PONG || { cat "$work/redis.log"; exit 1; }
 
 # --- edgekit counter nodes ----------------------------------------------------------------------
-# Start a node with extra flags; prints its HTTP address.
+# Start a node with extra flags; sets $addr to its HTTP address. (Not in a command
+# substitution: the node would hold its pipe open, and $pids would not reach the cleanup.)
 start_node() {
     local name=$1
     shift
     "$EDGEKIT" counters serve --node-id "$name" --listen 127.0.0.1:0 --http 127.0.0.1:0 \
-        --data "$work/$name" "$@" 2>"$work/$name.log" &
+        --data "$work/$name" "$@" >/dev/null 2>"$work/$name.log" &
     pids+=($!)
-    local addr=
+    addr=
     for _ in $(seq 100); do
         addr=$(sed -n 's/^http listening on //p' "$work/$name.log" | head -1)
         [[ -n $addr ]] && break
         sleep 0.1
     done
     [[ -n $addr ]] || { cat "$work/$name.log" >&2; exit 1; }
-    echo "$addr"
 }
-fsync_addr=$(start_node fsync)
-every_addr=$(start_node every --fsync-every 1s)
+start_node fsync
+fsync_addr=$addr
+start_node every --fsync-every 1s
+every_addr=$addr
 
 # --- load ---------------------------------------------------------------------------------------
 redis_rate() {
