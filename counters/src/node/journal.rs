@@ -81,7 +81,7 @@ impl Journal {
     }
 
     /// Append `entries` without fsync: they survive a crash of the process (they are in the
-    /// kernel's page cache) but not of the machine until the next [`sync_handle`] fsync.
+    /// kernel's page cache) but not of the machine until the next fsync (see `sync_handle`).
     pub(crate) fn append_unsynced(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
         let mut buffer = Vec::new();
         for (key, count) in entries {
