@@ -395,6 +395,109 @@ fn cli_incr_get_and_status_talk_to_a_node() {
         .stderr(predicate::str::contains("key is empty"));
 }
 
+/// Node ids holding an entry for `key` on `node`.
+fn entry_holders(node: &Node, key: &str) -> Vec<String> {
+    let (status, body) =
+        http(node.http, "GET", &format!("/v1/counters/{key}")).expect("GET reaches the node");
+    assert_eq!(status, 200, "{body}");
+    let mut holders: Vec<String> = body["entries"]
+        .as_object()
+        .map(|entries| entries.keys().cloned().collect())
+        .unwrap_or_default();
+    holders.sort();
+    holders
+}
+
+/// `node`'s own entry for `key` (increments minus decrements), as it reports it.
+fn own_value(node: &Node, key: &str) -> i64 {
+    let (_, body) =
+        http(node.http, "GET", &format!("/v1/counters/{key}")).expect("GET reaches the node");
+    let (status, me) = http(node.http, "GET", "/v1/status").expect("status");
+    assert_eq!(status, 200);
+    let entry = &body["entries"][me["node_id"].as_str().expect("node id")];
+    entry["increments"].as_i64().expect("increments")
+        - entry["decrements"].as_i64().expect("decrements")
+}
+
+#[test]
+fn retiring_a_stopped_node_keeps_every_total_and_drops_its_entries_everywhere() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let peers =
+        |me: usize| -> Vec<SocketAddr> { (0..3).filter(|i| *i != me).map(|i| addrs[i]).collect() };
+    let a = Node::start("a", addrs[0], &peers(0), dirs[0].path());
+    let b = Node::start("b", addrs[1], &peers(1), dirs[1].path());
+    let mut c = Node::start("c", addrs[2], &peers(2), dirs[2].path());
+    let acknowledged = AtomicI64::new(0);
+    burst(&[&a, &b, &c], "x", 10, &acknowledged);
+    assert_eq!(incr(c.http, "only-c", 7), Some(7));
+    let x = acknowledged.load(Ordering::SeqCst);
+    wait_until_all_read(&[&a, &b, &c], "x", x, Duration::from_secs(15));
+    wait_until_all_read(&[&a, &b, &c], "only-c", 7, Duration::from_secs(15));
+    assert_eq!(entry_holders(&b, "x"), ["a", "b", "c"]);
+
+    // c leaves for good; a absorbs it.
+    c.kill9();
+    let edgekit = || assert_cmd::Command::cargo_bin("edgekit").unwrap();
+    let a_http = a.http.to_string();
+    edgekit()
+        .args(["counters", "retire", "c", "--node", &a_http])
+        .assert()
+        .success()
+        .stdout("retired c into a: 2 keys folded\n");
+    assert_eq!(
+        (a.get("x"), a.get("only-c")),
+        (x, 7),
+        "the fold keeps a's totals"
+    );
+    assert_eq!(entry_holders(&a, "x"), ["a", "b"]);
+    assert_eq!(entry_holders(&a, "only-c"), ["a"]);
+
+    // b learns the tombstone with a's folded entries; its totals never move.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while entry_holders(&b, "x").contains(&"c".to_owned())
+        || entry_holders(&b, "only-c").contains(&"c".to_owned())
+    {
+        assert_eq!((b.get("x"), b.get("only-c")), (x, 7));
+        assert!(Instant::now() < deadline, "b still holds c's entries");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Several more rounds (b also keeps retrying the dead c): still exact, still no c.
+    std::thread::sleep(Duration::from_millis(800));
+    for node in [&a, &b] {
+        assert_eq!((node.get("x"), node.get("only-c")), (x, 7));
+        assert_eq!(entry_holders(node, "x"), ["a", "b"]);
+        assert_eq!(entry_holders(node, "only-c"), ["a"]);
+    }
+    edgekit()
+        .args(["counters", "status", "--node", &b.http.to_string()])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("retired c (folded into a)"));
+
+    // The survivor's fold and tombstone are durable: after kill -9 and a restart without peers
+    // (so it holds only its own entries), a's own entries still hold c's counts.
+    let own_x = own_value(&a, "x");
+    assert_eq!(
+        own_value(&b, "x") + own_x,
+        x,
+        "a's own entry carries a's and c's counts"
+    );
+    drop(a);
+    let a = Node::start("a", free_addr(), &[], dirs[0].path());
+    assert_eq!((a.get("x"), a.get("only-c")), (own_x, 7));
+    edgekit()
+        .args(["counters", "retire", "c", "--node", &a.http.to_string()])
+        .assert()
+        .success()
+        .stdout("c was already retired\n");
+    edgekit()
+        .args(["counters", "retire", "a", "--node", &a.http.to_string()])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot retire itself"));
+}
+
 #[test]
 fn serve_refuses_a_non_loopback_listen_address_without_insecure() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,4 +516,49 @@ fn serve_refuses_a_non_loopback_listen_address_without_insecure() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--insecure"));
+}
+
+#[test]
+fn serve_names_an_unreadable_tls_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("node-cert.pem");
+    assert_cmd::Command::cargo_bin("edgekit")
+        .unwrap()
+        .args([
+            "counters",
+            "serve",
+            "--node-id",
+            "n",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .arg("--tls-ca")
+        .arg(&missing)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("node-cert.pem"));
+    // The three files go together.
+    assert_cmd::Command::cargo_bin("edgekit")
+        .unwrap()
+        .args([
+            "counters",
+            "serve",
+            "--node-id",
+            "n",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .arg("--tls-cert")
+        .arg(&missing)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--tls-key"));
 }

@@ -20,8 +20,8 @@ use crossbeam_utils::CachePadded;
 use edgekit_counters::{Counter, CounterSet, Delta, NodeId};
 
 /// Run `op(thread, i)` `iters` times on each of `threads` threads; time from a common start to
-/// the last thread's finish.
-fn parallel(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> Duration {
+/// the last thread's finish. Generic, so `op` is inlined into the loop (no call per operation).
+fn parallel<F: Fn(usize, u64) + Sync>(threads: usize, iters: u64, op: &F) -> Duration {
     let start_line = Barrier::new(threads + 1);
     let finish_line = Barrier::new(threads + 1);
     std::thread::scope(|scope| {
@@ -108,7 +108,9 @@ fn keyed(c: &mut Criterion) {
     for key in 0..KEYS {
         set.incr(&key);
     }
-    let walk = key_walk(1 << 16);
+    // One pre-generated random walk as long as the key space (8 MiB), so the loop touches all
+    // 1M keys in random order and does nothing per increment but index it.
+    let walk = key_walk(KEYS as usize);
     let mask = walk.len() as u64 - 1;
     let mut group = c.benchmark_group("keyed increment, 1M keys");
     for threads in [1usize, 2] {
@@ -118,8 +120,32 @@ fn keyed(c: &mut Criterion) {
             |b| {
                 b.iter_custom(|iters| {
                     parallel(threads, iters, &|thread, i| {
-                        let index = (i + thread as u64 * 7919) & mask;
+                        // Threads start half the walk apart.
+                        let index = (i + thread as u64 * (KEYS / 2)) & mask;
                         set.incr(&walk[index as usize]);
+                    })
+                });
+            },
+        );
+    }
+    // The memory-bound ceiling: a prebuilt, never-resized map of 1M plain atomics, read without
+    // any lock (what a frozen key set would cost; it cannot insert, expire or replicate).
+    let frozen: hashbrown::HashMap<u64, AtomicU64, foldhash::fast::RandomState> =
+        (0..KEYS).map(|key| (key, AtomicU64::new(0))).collect();
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(
+            BenchmarkId::new(
+                "frozen HashMap<u64, AtomicU64> (ceiling)",
+                format!("{threads}-thread"),
+            ),
+            |b| {
+                b.iter_custom(|iters| {
+                    parallel(threads, iters, &|thread, i| {
+                        let index = (i + thread as u64 * (KEYS / 2)) & mask;
+                        if let Some(count) = frozen.get(&walk[index as usize]) {
+                            count.fetch_add(1, Relaxed);
+                        }
                     })
                 });
             },

@@ -1,17 +1,23 @@
 //! The local layer: a LongAdder-style striped pair of saturating atomics.
 //!
-//! An uncontended adder is two `u64`s. The first time two threads collide on it (a failed
-//! compare-and-swap), it allocates a table of cache-padded cells; each thread then adds to the
-//! cell its probe picks, and a collision there doubles the number of cells in use (up to the
-//! available parallelism, rounded up to a power of two) and moves the thread to another cell.
-//! Reading sums the base and every cell.
+//! An uncontended adder is two `u64`s and a pointer. The first time two threads collide on it
+//! (a failed compare-and-swap on the base pair), it allocates a table of cache-padded cells, one
+//! per core (the available parallelism rounded up to a power of two); from then on each thread
+//! adds with one plain `fetch_add` to the cell its thread-local probe picks. Probes are handed out
+//! consecutively, so up to one thread per core each gets a cell of its own. Reading sums the base
+//! and every cell.
+//!
+//! Unlike Java's `LongAdder`, the table is allocated whole and used whole at once: its memory is
+//! paid at allocation either way, and spreading over every cell from the start means the hot
+//! path needs no collision detection (no compare-and-swap, no growth check).
 
 use std::sync::{
     OnceLock,
-    atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    atomic::{AtomicU64, Ordering::Relaxed},
 };
 
 use crossbeam_utils::CachePadded;
+use once_cell::race::OnceBox;
 
 use crate::PnCount;
 
@@ -30,6 +36,21 @@ fn part(cell: &PnCell, by: i64) -> (&AtomicU64, u64) {
     }
 }
 
+/// `fetch_add` that saturates at `u64::MAX` instead of wrapping.
+///
+/// The add that crosses the top wraps for an instant and then stores `u64::MAX`; adds racing
+/// with it land on the wrapped value and are then overwritten by the maximum, which is where
+/// they would have saturated anyway. A reader in that instant may see a small value; every
+/// consumer takes per-part maxima, so it only delays the (saturated) value by one observation.
+/// Reaching the top takes 1.8e19 increments, so this path exists for the overflow policy only.
+#[inline]
+fn saturating_fetch_add(slot: &AtomicU64, amount: u64) {
+    let before = slot.fetch_add(amount, Relaxed);
+    if before.checked_add(amount).is_none() {
+        slot.store(u64::MAX, Relaxed);
+    }
+}
+
 impl PnCell {
     /// One compare-and-swap; `false` means another thread changed the part first (contention).
     #[inline]
@@ -40,23 +61,16 @@ impl PnCell {
             .is_ok()
     }
 
-    /// Add, retrying until it lands. Saturates at `u64::MAX` (see [`PnCount`]).
+    /// Add with one `fetch_add`, saturating at `u64::MAX` (see [`PnCount`]).
     #[inline]
     fn add(&self, by: i64) {
         let (slot, amount) = part(self, by);
-        // `fetch_update` retries on contention; the closure never returns `None`.
-        let _ = slot.fetch_update(Relaxed, Relaxed, |current| {
-            Some(current.saturating_add(amount))
-        });
+        saturating_fetch_add(slot, amount);
     }
 
     fn add_parts(&self, increments: u64, decrements: u64) {
-        let _ = self
-            .increments
-            .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_add(increments)));
-        let _ = self
-            .decrements
-            .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_add(decrements)));
+        saturating_fetch_add(&self.increments, increments);
+        saturating_fetch_add(&self.decrements, decrements);
     }
 
     fn load(&self) -> PnCount {
@@ -69,12 +83,12 @@ impl PnCell {
 
 #[derive(Debug)]
 struct CellTable {
-    /// How many cells threads spread over now: a power of two, at most `cells.len()`.
-    in_use: AtomicUsize,
+    /// `cells.len() - 1`; the length is a power of two.
+    mask: usize,
     cells: Box<[CachePadded<PnCell>]>,
 }
 
-/// Most cells a table grows to: the available parallelism rounded up to a power of two (>= 2).
+/// Cells per table: the available parallelism rounded up to a power of two (at least 2).
 fn max_cells() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
     *MAX.get_or_init(|| {
@@ -89,7 +103,7 @@ impl CellTable {
     fn new() -> Self {
         let len = max_cells();
         Self {
-            in_use: AtomicUsize::new(2),
+            mask: len - 1,
             cells: (0..len)
                 .map(|_| CachePadded::new(PnCell::default()))
                 .collect(),
@@ -98,18 +112,10 @@ impl CellTable {
 
     #[inline]
     fn add(&self, by: i64) {
-        let in_use = self.in_use.load(Relaxed);
-        if self.cells[probe::current() & (in_use - 1)].try_add(by) {
-            return;
+        // `probe & mask` is always in bounds; `get` keeps the hot path free of a panic branch.
+        if let Some(cell) = self.cells.get(probe::current() & self.mask) {
+            cell.add(by);
         }
-        // Another thread shares this cell: use more cells if allowed, and move elsewhere.
-        if in_use < self.cells.len() {
-            let _ = self
-                .in_use
-                .compare_exchange(in_use, in_use * 2, Relaxed, Relaxed);
-        }
-        let in_use = self.in_use.load(Relaxed);
-        self.cells[probe::rehash() & (in_use - 1)].add(by);
     }
 
     fn sum(&self) -> PnCount {
@@ -119,15 +125,18 @@ impl CellTable {
     }
 }
 
-/// A striped PN pair. Not `Clone`: share it behind an `Arc`.
+/// A striped PN pair. Not `Clone`: share it behind an `Arc`. `repr(C)`: the base pair first,
+/// where a keyed set's slot puts it right after the key.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct Adder {
     base: PnCell,
-    cells: OnceLock<Box<CellTable>>,
+    cells: OnceBox<CellTable>,
 }
 
 impl Adder {
-    /// Add `by`: one compare-and-swap on the uncontended path.
+    /// Add `by`: one atomic operation (a compare-and-swap on the base pair until the first
+    /// collision, then a `fetch_add` on this thread's cell).
     #[inline]
     pub(crate) fn add(&self, by: i64) {
         if let Some(table) = self.cells.get() {
@@ -147,6 +156,11 @@ impl Adder {
         let decrements = target.decrements.saturating_sub(current.decrements);
         self.base.add_parts(increments, decrements);
         increments > 0 || decrements > 0
+    }
+
+    /// Add a whole entry (both parts), saturating.
+    pub(crate) fn add_parts(&self, count: PnCount) {
+        self.base.add_parts(count.increments, count.decrements);
     }
 
     /// The sum of every cell. Each cell only grows, so the result includes every add that
@@ -174,28 +188,23 @@ mod probe {
     };
 
     thread_local! {
-        // Consecutive threads get consecutive probes, so the first threads land on distinct cells.
-        static PROBE: Cell<usize> = Cell::new({
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            NEXT.fetch_add(1, Relaxed)
-        });
+        // 0 until this thread first needs a cell; a const initialiser keeps the access a plain
+        // thread-local load (no lazy-initialisation check on every increment).
+        static PROBE: Cell<usize> = const { Cell::new(0) };
     }
 
+    /// This thread's probe. Consecutive threads get consecutive probes, so the first threads
+    /// land on distinct cells.
     #[inline]
     pub(super) fn current() -> usize {
-        PROBE.with(Cell::get)
-    }
-
-    /// Move this thread to a pseudo-random other cell (xorshift), after a collision.
-    pub(super) fn rehash() -> usize {
-        PROBE.with(|probe| {
-            let mut x = probe.get() as u64 | 1;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let next = x as usize;
-            probe.set(next);
-            next
+        PROBE.with(|probe| match probe.get() {
+            0 => {
+                static NEXT: AtomicUsize = AtomicUsize::new(1);
+                let assigned = NEXT.fetch_add(1, Relaxed).max(1);
+                probe.set(assigned);
+                assigned
+            }
+            assigned => assigned,
         })
     }
 }

@@ -6,8 +6,25 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{NodeId, PnCount, PnState};
 
-/// The wire format version written as the first byte of every encoded [`Delta`].
+/// The wire format version written as the first byte of every encoded [`Delta`] that carries
+/// no [`Retirement`].
 pub const DELTA_FORMAT_VERSION: u8 = 1;
+
+/// The format version of a [`Delta`] that carries [`Retirement`]s: version 1's layout followed by
+/// the list of retirements. Written only when there are retirements, so sets that never retire a
+/// node keep speaking version 1.
+pub const DELTA_FORMAT_WITH_RETIREMENTS: u8 = 2;
+
+/// A tombstone: `retired`'s entries were folded into `survivor`'s own entries, so every node
+/// must drop `retired`'s entries and ignore them from then on (see
+/// [`CounterSet::retire`](crate::CounterSet::retire) and docs/counters-format.md).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Retirement {
+    /// The node whose entries are gone.
+    pub retired: NodeId,
+    /// The node whose own entries absorbed them.
+    pub survivor: NodeId,
+}
 
 /// Everything a counter set changed between two of its versions, or its full state.
 ///
@@ -28,6 +45,8 @@ pub struct Delta<K> {
     /// The node ids that `keys` refer to by index.
     pub(crate) nodes: Vec<NodeId>,
     pub(crate) keys: Vec<(K, Vec<(u32, PnCount)>)>,
+    /// Every retirement the sender knows; a receiver applies them before merging `keys`.
+    pub(crate) retired: Vec<Retirement>,
 }
 
 /// Why bytes are not a valid encoded [`Delta`].
@@ -39,7 +58,7 @@ pub enum DecodeError {
     Empty,
     /// The first byte names a format this version does not read.
     #[error(
-        "delta format version {found} is not supported (this build reads version {DELTA_FORMAT_VERSION})"
+        "delta format version {found} is not supported (this build reads versions {DELTA_FORMAT_VERSION} and {DELTA_FORMAT_WITH_RETIREMENTS})"
     )]
     UnsupportedVersion {
         /// The version byte found.
@@ -80,6 +99,12 @@ struct WireRef<'a, K> {
     keys: &'a [(K, Vec<(u32, PnCount)>)],
 }
 
+#[derive(Serialize)]
+struct WireRefWithRetirements<'a, K> {
+    base: WireRef<'a, K>,
+    retired: &'a [Retirement],
+}
+
 #[derive(Deserialize)]
 struct WireOwned<K> {
     format: u8,
@@ -91,7 +116,18 @@ struct WireOwned<K> {
     keys: Vec<(K, Vec<(u32, PnCount)>)>,
 }
 
+#[derive(Deserialize)]
+struct WireOwnedWithRetirements<K> {
+    base: WireOwned<K>,
+    retired: Vec<Retirement>,
+}
+
 impl<K> Delta<K> {
+    /// The retirements the sender knows (applied by the receiver before the keys).
+    pub fn retirements(&self) -> &[Retirement] {
+        &self.retired
+    }
+
     /// The node that produced this delta.
     pub fn origin(&self) -> &NodeId {
         &self.origin
@@ -158,6 +194,16 @@ impl<K: Serialize> Delta<K> {
         };
         // Serializing plain data into a growable Vec cannot fail: postcard errors only on a full
         // fixed buffer or on types it cannot represent (maps with unknown length), which we avoid.
+        if self.retired.is_empty() {
+            return postcard::to_stdvec(&wire).unwrap_or_default();
+        }
+        let wire = WireRefWithRetirements {
+            base: WireRef {
+                format: DELTA_FORMAT_WITH_RETIREMENTS,
+                ..wire
+            },
+            retired: &self.retired,
+        };
         postcard::to_stdvec(&wire).unwrap_or_default()
     }
 }
@@ -167,16 +213,23 @@ impl<K: DeserializeOwned> Delta<K> {
     ///
     /// The caller bounds the input size; decoding allocates at most in proportion to it.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match bytes.first() {
+        let (wire, retired, rest) = match bytes.first() {
             None => return Err(DecodeError::Empty),
-            Some(&DELTA_FORMAT_VERSION) => {}
+            Some(&DELTA_FORMAT_VERSION) => {
+                let (wire, rest): (WireOwned<K>, _) = postcard::take_from_bytes(bytes)?;
+                (wire, Vec::new(), rest)
+            }
+            Some(&DELTA_FORMAT_WITH_RETIREMENTS) => {
+                let (wire, rest): (WireOwnedWithRetirements<K>, _) =
+                    postcard::take_from_bytes(bytes)?;
+                (wire.base, wire.retired, rest)
+            }
             Some(&found) => return Err(DecodeError::UnsupportedVersion { found }),
-        }
-        let (wire, rest): (WireOwned<K>, _) = postcard::take_from_bytes(bytes)?;
+        };
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        debug_assert_eq!(wire.format, DELTA_FORMAT_VERSION);
+        debug_assert_eq!(Some(&wire.format), bytes.first());
         if wire.since > wire.until {
             return Err(DecodeError::BackwardsRange {
                 since: wire.since,
@@ -199,6 +252,7 @@ impl<K: DeserializeOwned> Delta<K> {
             until: wire.until,
             nodes: wire.nodes,
             keys: wire.keys,
+            retired,
         })
     }
 }

@@ -76,12 +76,16 @@ mod set;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counter::Counter;
-pub use delta::{DELTA_FORMAT_VERSION, DecodeError, Delta};
+pub use delta::{
+    DELTA_FORMAT_VERSION, DELTA_FORMAT_WITH_RETIREMENTS, DecodeError, Delta, Retirement,
+};
 pub use node::{
-    CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError,
-    MAX_KEY_LEN, NodeError, PeerStatus,
+    CounterNode, CounterNodeConfig, DEFAULT_MAX_FRAME_LEN, Durability, GOSSIP_PROTOCOL_VERSION,
+    GossipError, MAX_KEY_LEN, NodeError, NodeTls, PeerStatus, decode_gossip_frame,
 };
 pub use node_id::{MAX_NODE_ID_LEN, NodeId, NodeIdError};
 pub use pn::{PnCount, PnState};
 pub use ratelimit::{Decision, RateLimit, RateLimitError, RateLimiter, WindowKey};
-pub use set::{Acknowledged, ConfigError, CounterSet, CounterSetConfig, MergeReport};
+pub use set::{
+    Acknowledged, ConfigError, CounterSet, CounterSetConfig, MergeReport, RetireError, RetireReport,
+};

@@ -10,9 +10,12 @@ use std::{
 };
 
 use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
-use crate::{Clock, Delta, NodeId, PnCount, PnState, SystemClock, adder::Adder, pn::clamp_i64};
+use crate::{
+    Clock, Delta, NodeId, PnCount, PnState, Retirement, SystemClock, adder::Adder, pn::clamp_i64,
+};
 
 /// How a [`CounterSet`] is laid out and when it forgets idle keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -124,6 +127,31 @@ pub struct MergeReport {
     pub needs_full_state: bool,
 }
 
+/// What [`CounterSet::retire`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetireReport {
+    /// Keys whose retired entry was folded into this node's own entry.
+    pub keys_folded: usize,
+    /// The node was already retired (here or by a retirement merged from a peer): nothing changed.
+    pub already_retired: bool,
+}
+
+/// Why [`CounterSet::retire`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetireError {
+    /// A node cannot retire itself: its own entry has nowhere to go.
+    #[error("node {0} cannot retire itself; ask a surviving node to retire it")]
+    OwnNode(NodeId),
+    /// The caller's `persist` step failed; nothing was changed.
+    #[error("cannot persist the retirement: {0}")]
+    Persist(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Node index of a retired node in a merge's index map: its entries are skipped.
+const SKIP: u32 = u32::MAX;
+
 /// How far this set has merged another node's changes: versions of that node's incarnation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Acknowledged {
@@ -144,10 +172,14 @@ pub struct Acknowledged {
 ///   [`delta_since`](Self::delta_since) returns every key changed after a version (version `0`:
 ///   full state). Versions are assigned when a change is *observed* by `delta_since` (or merged),
 ///   not per increment, so the increment path stays one atomic operation.
-/// - **Memory:** about 140 bytes per `u64` key counted by this node alone, plus 24 bytes per
-///   other node that counted the key (measured by `tests/memory.rs`, see docs/benchmarks.md).
-///   A key that many threads hammer at once also allocates its cache-padded cells
-///   (128 bytes per core).
+/// - **Hashing:** a key is hashed once per operation (foldhash, seeded per set); the high bits
+///   of that hash pick the shard and the low bits the bucket inside it.
+/// - **Memory:** an entry is 88 bytes for a `u64` key (the key, this node's striped pair, and
+///   the replication metadata), about 117 bytes per key with the hash tables' spare capacity;
+///   plus 24 bytes per other node that counted the key (measured by `tests/memory.rs`, see
+///   docs/benchmarks.md). A key that many threads hammer at once also allocates its
+///   cache-padded cells (128 bytes per core).
+/// - **Idle expiry** has a resolution of one second.
 ///
 /// Handles are cheap to clone and share one set.
 ///
@@ -193,12 +225,23 @@ impl<K> fmt::Debug for CounterSet<K> {
     }
 }
 
-type Shard<K> = CachePadded<RwLock<HashMap<K, Entry, RandomState>>>;
+type Shard<K> = CachePadded<RwLock<HashTable<Slot<K>>>>;
+
+/// One key and its state, stored inline in the shard's table. `repr(C)` keeps what an
+/// increment touches (the key, then this node's pair in [`Entry::local`]) in the slot's first
+/// 32 bytes, so it usually shares one cache line; the replication metadata follows.
+#[repr(C)]
+struct Slot<K> {
+    key: K,
+    entry: Entry,
+}
 
 struct Inner<K> {
     node: NodeId,
     incarnation: u64,
-    hasher: RandomState,
+    /// Hashes keys once per operation: the high bits pick the shard, the low bits the bucket.
+    /// Seeded per set, so bucket collisions cannot be precomputed by whoever picks the keys.
+    hasher: foldhash::fast::RandomState,
     shards: Box<[Shard<K>]>,
     /// Node ids by index; index 0 is this node. Keys' remote entries refer to these indexes.
     nodes: RwLock<NodeTable>,
@@ -230,8 +273,17 @@ impl NodeTable {
 struct Replication {
     version: u64,
     acknowledged: HashMap<NodeId, Acknowledged>,
+    /// Tombstones: every retirement this set knows, sent along with every delta.
+    retired: Vec<Retirement>,
 }
 
+impl Replication {
+    fn is_retired(&self, node: &NodeId) -> bool {
+        self.retired.iter().any(|r| &r.retired == node)
+    }
+}
+
+#[repr(C)]
 struct Entry {
     local: Adder,
     meta: Mutex<Meta>,
@@ -242,10 +294,16 @@ struct Meta {
     version: u64,
     /// Our own entry as last observed (by a delta or a sweep).
     observed: PnCount,
-    /// Clock time (ms) when a change was last observed, for idle expiry.
-    changed_at_ms: u64,
-    /// Other nodes' entries, by node index, sorted.
-    remote: Vec<(u32, PnCount)>,
+    /// Other nodes' entries, by node index, sorted. A boxed slice (16 bytes, no spare
+    /// capacity): keys rarely gain nodes, and millions of keys make every byte count.
+    remote: Box<[(u32, PnCount)]>,
+    /// Clock time (whole seconds since the Unix epoch, saturating) when a change was last
+    /// observed, for idle expiry; `u32` lasts until 2106.
+    changed_at_s: u32,
+}
+
+fn seconds(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
 impl Entry {
@@ -255,8 +313,8 @@ impl Entry {
             meta: Mutex::new(Meta {
                 version: 0,
                 observed: PnCount::ZERO,
-                changed_at_ms: now_ms,
-                remote: Vec::new(),
+                remote: Box::default(),
+                changed_at_s: seconds(now_ms),
             }),
         }
     }
@@ -282,7 +340,7 @@ impl Meta {
     fn bump(&mut self, replication: &mut Replication, now_ms: u64) {
         replication.version += 1;
         self.version = replication.version;
-        self.changed_at_ms = now_ms;
+        self.changed_at_s = seconds(now_ms);
     }
 }
 
@@ -308,9 +366,9 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     }
 
     fn build(node: NodeId, config: &CounterSetConfig, clock: Arc<dyn Clock>) -> Self {
-        let hasher = RandomState::new();
+        let hasher = foldhash::fast::RandomState::default();
         let shards = (0..config.shard_count())
-            .map(|_| CachePadded::new(RwLock::new(HashMap::with_hasher(hasher.clone()))))
+            .map(|_| CachePadded::new(RwLock::new(HashTable::new())))
             .collect();
         let mut nodes = NodeTable::default();
         nodes.intern(&node);
@@ -338,11 +396,56 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         self.inner.incarnation
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K> {
-        let hash = self.inner.hasher.hash_one(key);
-        // The map uses the low bits of the same hash; the high bits pick the shard.
+    /// The key's hash, computed once per operation and used for both the shard and the bucket.
+    #[inline]
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    /// The shard for a hash: bits 40 and up (at most 16 of them), which the table's bucket index
+    /// (the low bits) and its tag byte (the top 7 bits) leave independent for any shard size
+    /// below 2^40 buckets.
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard<K> {
         let index = (hash >> 40) as usize & (self.inner.shards.len() - 1);
         &self.inner.shards[index]
+    }
+
+    /// Run `with` on the key's entry if it exists, under its shard's read lock.
+    #[inline]
+    fn with_entry<Q, R>(&self, key: &Q, with: impl FnOnce(&Entry) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let shard = self.shard(hash).read();
+        shard
+            .find(hash, |slot| slot.key.borrow() == key)
+            .map(|slot| with(&slot.entry))
+    }
+
+    /// Run `with` on the key's entry under its shard's write lock, inserting it first if absent.
+    fn with_entry_inserted<R>(
+        &self,
+        hash: u64,
+        key: K,
+        now_ms: u64,
+        with: impl FnOnce(&Entry) -> R,
+    ) -> R {
+        let hasher = &self.inner.hasher;
+        let mut shard = self.shard(hash).write();
+        let slot = shard
+            .entry(
+                hash,
+                |slot| slot.key == key,
+                |slot| hasher.hash_one(&slot.key),
+            )
+            .or_insert_with(|| Slot {
+                key,
+                entry: Entry::new(now_ms),
+            });
+        with(&slot.get().entry)
     }
 
     fn now_ms(&self) -> u64 {
@@ -356,18 +459,14 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let shard = self.shard(key);
-        if let Some(entry) = shard.read().get(key) {
-            entry.local.add(by);
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        if let Some(slot) = shard.read().find(hash, |slot| slot.key.borrow() == key) {
+            slot.entry.local.add(by);
             return;
         }
         let now_ms = self.now_ms();
-        shard
-            .write()
-            .entry(key.to_owned())
-            .or_insert_with(|| Entry::new(now_ms))
-            .local
-            .add(by);
+        self.with_entry_inserted(hash, key.to_owned(), now_ms, |entry| entry.local.add(by));
     }
 
     /// Add one to `key`.
@@ -396,10 +495,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shard(key)
-            .read()
-            .get(key)
-            .map_or(PnCount::ZERO, Entry::totals)
+        self.with_entry(key, Entry::totals).unwrap_or(PnCount::ZERO)
     }
 
     /// This node's own entry for the key: what its local increments add up to.
@@ -408,22 +504,16 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shard(key)
-            .read()
-            .get(key)
-            .map_or(PnCount::ZERO, |entry| entry.local.sum())
+        self.with_entry(key, |entry| entry.local.sum())
+            .unwrap_or(PnCount::ZERO)
     }
 
     /// Raise this node's own entry for `key` to at least `count` (restoring it from durable
     /// storage after a restart); the per-part maximum, like a merge.
     pub(crate) fn raise_own(&self, key: K, count: PnCount) {
         let now_ms = self.now_ms();
-        self.shard(&key)
-            .write()
-            .entry(key)
-            .or_insert_with(|| Entry::new(now_ms))
-            .local
-            .raise_to(count);
+        let hash = self.hash(&key);
+        self.with_entry_inserted(hash, key, now_ms, |entry| entry.local.raise_to(count));
     }
 
     /// The key's full replicated state: every node's entry.
@@ -433,13 +523,11 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         Q: Hash + Eq + ?Sized,
     {
         let mut state = PnState::new();
-        let shard = self.shard(key).read();
-        let Some(entry) = shard.get(key) else {
+        let Some((own, remote)) = self.with_entry(key, |entry| {
+            (entry.local.sum(), entry.meta.lock().remote.clone())
+        }) else {
             return state;
         };
-        let own = entry.local.sum();
-        let remote = entry.meta.lock().remote.clone();
-        drop(shard);
         if own != PnCount::ZERO {
             state.merge_entry(&self.inner.node, own);
         }
@@ -468,7 +556,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     pub fn keys(&self) -> Vec<K> {
         let mut keys = Vec::new();
         for shard in &*self.inner.shards {
-            keys.extend(shard.read().keys().cloned());
+            keys.extend(shard.read().iter().map(|slot| slot.key.clone()));
         }
         keys
     }
@@ -491,7 +579,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         let mut replication = self.inner.replication.lock();
         let mut keys = Vec::new();
         for shard in &*self.inner.shards {
-            for (key, entry) in shard.read().iter() {
+            for Slot { key, entry } in shard.read().iter() {
                 let own = entry.local.sum();
                 let mut meta = entry.meta.lock();
                 meta.observe(own, &mut replication, now_ms);
@@ -528,6 +616,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
                 .into_iter()
                 .map(|(_, key, entries)| (key, entries))
                 .collect(),
+            retired: replication.retired.clone(),
         }
     }
 
@@ -563,25 +652,35 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     /// again; increments made before recovery are then absorbed by the maximum.
     pub fn merge(&self, delta: &Delta<K>) -> MergeReport {
         let now_ms = self.now_ms();
-        let local_index: Vec<u32> = {
+        let mut local_index: Vec<u32> = {
             let mut nodes = self.inner.nodes.write();
             delta.nodes.iter().map(|id| nodes.intern(id)).collect()
         };
         let mut replication = self.inner.replication.lock();
+        // Tombstones first: the survivor's folded entries may be in this very delta, and must
+        // never meet the retired node's entries in one total.
+        for retirement in &delta.retired {
+            self.absorb_retirement(&mut replication, retirement);
+        }
+        for (index, id) in local_index.iter_mut().zip(&delta.nodes) {
+            if *index != 0 && replication.is_retired(id) {
+                *index = SKIP;
+            }
+        }
         let mut changed_keys = 0;
         for (key, entries) in &delta.keys {
-            let shard = self.shard(key);
-            let guard = shard.read();
-            let changed = if let Some(entry) = guard.get(key) {
-                self.merge_entry(entry, entries, &local_index, &mut replication, now_ms)
-            } else {
-                drop(guard);
-                let mut guard = shard.write();
-                let entry = guard
-                    .entry(key.clone())
-                    .or_insert_with(|| Entry::new(now_ms));
-                self.merge_entry(entry, entries, &local_index, &mut replication, now_ms)
+            let hash = self.hash(key);
+            let existing = {
+                let shard = self.shard(hash).read();
+                shard.find(hash, |slot| slot.key == *key).map(|slot| {
+                    self.merge_entry(&slot.entry, entries, &local_index, &mut replication, now_ms)
+                })
             };
+            let changed = existing.unwrap_or_else(|| {
+                self.with_entry_inserted(hash, key.clone(), now_ms, |entry| {
+                    self.merge_entry(entry, entries, &local_index, &mut replication, now_ms)
+                })
+            });
             changed_keys += usize::from(changed);
         }
         let needs_full_state = !Self::acknowledge(&mut replication, delta);
@@ -607,6 +706,9 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
             let Some(&local) = local_index.get(*index as usize) else {
                 continue;
             };
+            if local == SKIP {
+                continue;
+            }
             if local == 0 {
                 if entry.local.raise_to(*count) {
                     meta.observed = entry.local.sum();
@@ -624,10 +726,10 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
                 }
                 Err(at) => {
                     if *count != PnCount::ZERO {
-                        // Grow by exactly one: a key rarely has many nodes, and millions of keys
-                        // with Vec's default spare capacity would waste 72 bytes each.
-                        meta.remote.reserve_exact(1);
-                        meta.remote.insert(at, (local, *count));
+                        // Grow by exactly one (a boxed slice has no spare capacity).
+                        let mut remote = std::mem::take(&mut meta.remote).into_vec();
+                        remote.insert(at, (local, *count));
+                        meta.remote = remote.into_boxed_slice();
                         changed = true;
                     }
                 }
@@ -665,6 +767,139 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         continues
     }
 
+    /// Record a tombstone learned from a peer (or reloaded from disk) and drop the retired node's
+    /// entries everywhere. Idempotent.
+    fn absorb_retirement(&self, replication: &mut Replication, retirement: &Retirement) {
+        if replication.is_retired(&retirement.retired) {
+            return;
+        }
+        replication.retired.push(retirement.clone());
+        if retirement.retired == self.inner.node {
+            // Our own entry cannot be dropped here; every other node now ignores it.
+            tracing::error!(node = %self.inner.node, survivor = %retirement.survivor,
+                "this node was retired: its counts are ignored by every other node from now on");
+            return;
+        }
+        let Some(index) = self
+            .inner
+            .nodes
+            .read()
+            .index
+            .get(&retirement.retired)
+            .copied()
+        else {
+            return;
+        };
+        for shard in &*self.inner.shards {
+            for slot in shard.read().iter() {
+                let mut meta = slot.entry.meta.lock();
+                if let Ok(at) = meta.remote.binary_search_by_key(&index, |(i, _)| *i) {
+                    let mut remote = std::mem::take(&mut meta.remote).into_vec();
+                    remote.remove(at);
+                    meta.remote = remote.into_boxed_slice();
+                }
+            }
+        }
+    }
+
+    /// Retire `node`: fold its entry of every key into this node's own entry, drop it, and
+    /// record a tombstone that every delta from now on carries, so that every node drops the
+    /// retired entries exactly when it learns of the fold and ignores them from then on. No
+    /// total changes anywhere, and state no longer carries the retired node's entries.
+    ///
+    /// Retire a node that has **stopped for good** and whose last increments have reached this
+    /// node (its entry here is final): increments it made that this node never saw are dropped
+    /// with its entries. A retired id must never be reused.
+    ///
+    /// Equivalent to [`retire_with`](Self::retire_with) with nothing to persist.
+    pub fn retire(&self, node: &NodeId) -> Result<RetireReport, RetireError> {
+        self.retire_with(node, |_, _| Ok(()))
+    }
+
+    /// [`retire`](Self::retire), calling `persist` with the tombstone and this node's own entry
+    /// after the fold for every key it changes, *before* anything changes in memory (a node that
+    /// journals its own entries makes both durable in one record). Merges wait meanwhile, so
+    /// what `persist` sees is exactly what is applied. If `persist` fails, nothing changes.
+    pub fn retire_with<F>(&self, node: &NodeId, persist: F) -> Result<RetireReport, RetireError>
+    where
+        F: FnOnce(
+            &Retirement,
+            &[(K, PnCount)],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if *node == self.inner.node {
+            return Err(RetireError::OwnNode(node.clone()));
+        }
+        let now_ms = self.now_ms();
+        let mut replication = self.inner.replication.lock();
+        if replication.is_retired(node) {
+            return Ok(RetireReport {
+                keys_folded: 0,
+                already_retired: true,
+            });
+        }
+        let retirement = Retirement {
+            retired: node.clone(),
+            survivor: self.inner.node.clone(),
+        };
+        let index = self.inner.nodes.read().index.get(node).copied();
+        // (key, the retired entry, our own entry after the fold)
+        let mut plan: Vec<(K, PnCount, PnCount)> = Vec::new();
+        if let Some(index) = index {
+            for shard in &*self.inner.shards {
+                for Slot { key, entry } in shard.read().iter() {
+                    let meta = entry.meta.lock();
+                    if let Ok(at) = meta.remote.binary_search_by_key(&index, |(i, _)| *i) {
+                        let folded = meta.remote[at].1;
+                        let after = entry.local.sum().saturating_sum(folded);
+                        plan.push((key.clone(), folded, after));
+                    }
+                }
+            }
+        }
+        let own_after: Vec<(K, PnCount)> = plan
+            .iter()
+            .map(|(key, _, after)| (key.clone(), *after))
+            .collect();
+        persist(&retirement, &own_after).map_err(RetireError::Persist)?;
+        // Merges are held off by the replication lock, so the planned entries are still there.
+        for (key, folded, _) in &plan {
+            let hash = self.hash(key);
+            let shard = self.shard(hash).read();
+            let Some(slot) = shard.find(hash, |slot| slot.key == *key) else {
+                continue;
+            };
+            let mut meta = slot.entry.meta.lock();
+            if let Some(index) = index
+                && let Ok(at) = meta.remote.binary_search_by_key(&index, |(i, _)| *i)
+            {
+                let mut remote = std::mem::take(&mut meta.remote).into_vec();
+                remote.remove(at);
+                meta.remote = remote.into_boxed_slice();
+            }
+            slot.entry.local.add_parts(*folded);
+            let own = slot.entry.local.sum();
+            meta.observed = own;
+            meta.bump(&mut replication, now_ms);
+        }
+        replication.retired.push(retirement);
+        Ok(RetireReport {
+            keys_folded: plan.len(),
+            already_retired: false,
+        })
+    }
+
+    /// Every retirement this set knows.
+    pub fn retirements(&self) -> Vec<Retirement> {
+        self.inner.replication.lock().retired.clone()
+    }
+
+    /// Re-learn a tombstone from durable storage after a restart (before merging anything).
+    pub(crate) fn restore_retirement(&self, retirement: &Retirement) {
+        let mut replication = self.inner.replication.lock();
+        self.absorb_retirement(&mut replication, retirement);
+    }
+
     /// What this set has merged of `node`'s changes, to send back so it can reply with a delta.
     pub fn acknowledged(&self, node: &NodeId) -> Option<Acknowledged> {
         self.inner
@@ -681,17 +916,19 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         let Some(ttl) = self.inner.idle_ttl else {
             return 0;
         };
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // Whole seconds, rounded up: a key is never forgotten before its ttl has passed.
+        let ttl_s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let now_ms = self.now_ms();
+        let now_s = seconds(now_ms);
         let mut replication = self.inner.replication.lock();
         let mut removed = 0;
         for shard in &*self.inner.shards {
             // The write lock stops increments in this shard, so what we observe is final.
-            shard.write().retain(|_, entry| {
+            shard.write().retain(|Slot { entry, .. }| {
                 let own = entry.local.sum();
                 let meta = entry.meta.get_mut();
                 meta.observe(own, &mut replication, now_ms);
-                let keep = now_ms.saturating_sub(meta.changed_at_ms) < ttl_ms;
+                let keep = u64::from(now_s.saturating_sub(meta.changed_at_s)) < ttl_s;
                 removed += usize::from(!keep);
                 keep
             });
@@ -704,12 +941,25 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) -> usize {
         let mut removed = 0;
         for shard in &*self.inner.shards {
-            shard.write().retain(|key, _| {
+            shard.write().retain(|slot| {
+                let key = &slot.key;
                 let kept = keep(key);
                 removed += usize::from(!kept);
                 kept
             });
         }
         removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_u64_key_slot_is_88_bytes() {
+        // The layout behind the bytes-per-key figure in the docs: key 8, own pair 16, cell table
+        // pointer 8, lock and metadata 56.
+        assert_eq!(size_of::<Slot<u64>>(), 88);
     }
 }

@@ -67,7 +67,8 @@ fn memory_per_key_is_bounded() {
         local_only > 40.0,
         "a key cannot cost less than its entry: {local_only}"
     );
-    assert!(local_only < 160.0, "local-only keys cost {local_only:.0} B");
+    // 88-byte slots plus table spare capacity measured 117 B/key (was 138 with SipHash maps).
+    assert!(local_only < 125.0, "local-only keys cost {local_only:.0} B");
     assert!(
         with_a_peer < local_only + 32.0,
         "a peer entry costs {:.0} B",

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId};
+use edgekit_counters::{CounterNode, CounterNodeConfig, Durability, NodeId, NodeTls};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -49,9 +49,24 @@ pub(crate) struct ServeArgs {
     /// Anti-entropy interval: how often each peer is sent what it has not acknowledged.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) interval: Duration,
+    /// Acknowledge increments once written and applied, and fsync the journal this often
+    /// (like Redis's `appendfsync everysec`: a power loss may lose the last interval). Without
+    /// it, every increment is fsynced before it is acknowledged.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) fsync_every: Option<Duration>,
     /// Allow node-to-node links on a non-loopback address without TLS (unauthenticated).
     #[arg(long)]
     pub(crate) insecure: bool,
+    /// This node's certificate chain (PEM) for mutual TLS between nodes; needs --tls-key and
+    /// --tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -108,15 +123,23 @@ pub(crate) fn run(command: CountersCommand, _global: &GlobalOpts) -> anyhow::Res
             let body = request(args.node, reqwest::Method::GET, "/v1/status")?;
             print_status(&body, args.json)
         }
-        CountersCommand::Retire(_) => Err(super::not_built("counters retire", 4)),
+        CountersCommand::Retire(args) => {
+            let path = format!("/v1/retire/{}", encode(&args.id));
+            let body = request(args.node.node, reqwest::Method::POST, &path)?;
+            print_retired(&body, args.node.json)
+        }
     }
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.insecure {
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(NodeTls::from_pem_files(cert, key, ca)?),
+        _ => None,
+    };
+    if !args.listen.ip().is_loopback() && tls.is_none() && !args.insecure {
         bail!(
-            "refusing to listen for node links on non-loopback {} without TLS (mutual TLS is not \
-             built yet); pass --insecure to accept unauthenticated links",
+            "refusing to listen for node links on non-loopback {} without TLS: give --tls-cert, \
+             --tls-key and --tls-ca, or pass --insecure to accept unauthenticated links",
             args.listen
         );
     }
@@ -126,6 +149,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.peers.clone_from(&args.peers);
     config.http = Some(args.http);
     config.interval = args.interval;
+    config.tls = tls;
+    if let Some(every) = args.fsync_every {
+        config.durability = Durability::FsyncEvery(every);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -190,6 +217,27 @@ fn print_value(body: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_retired(body: &Value, json: bool) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    if json {
+        writeln!(stdout, "{body}")?;
+        return Ok(());
+    }
+    let text = |value: &Value| value.as_str().unwrap_or("?").to_owned();
+    if body["already_retired"].as_bool() == Some(true) {
+        writeln!(stdout, "{} was already retired", text(&body["retired"]))?;
+    } else {
+        writeln!(
+            stdout,
+            "retired {} into {}: {} keys folded",
+            text(&body["retired"]),
+            text(&body["survivor"]),
+            body["keys_folded"]
+        )?;
+    }
+    Ok(())
+}
+
 fn print_status(body: &Value, json: bool) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     if json {
@@ -200,6 +248,14 @@ fn print_status(body: &Value, json: bool) -> anyhow::Result<()> {
     writeln!(stdout, "node    {}", text(&body["node_id"]))?;
     writeln!(stdout, "gossip  {}", text(&body["gossip_addr"]))?;
     writeln!(stdout, "keys    {}", body["keys"])?;
+    for retired in body["retired"].as_array().into_iter().flatten() {
+        writeln!(
+            stdout,
+            "retired {} (folded into {})",
+            text(&retired["retired"]),
+            text(&retired["survivor"])
+        )?;
+    }
     for peer in body["peers"].as_array().into_iter().flatten() {
         let id = peer["node_id"].as_str().unwrap_or("(no handshake yet)");
         let sync = match peer["last_sync_age_ms"].as_u64() {

@@ -30,6 +30,9 @@ pub enum GossipError {
     /// The socket failed or the peer closed it (including mid-frame).
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed (e.g. the peer has no certificate the cluster CA signed).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The peer did not send or answer in time.
     #[error("peer did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -76,7 +79,12 @@ pub(crate) async fn read_message<R: AsyncRead + Unpin>(
     }
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload).await?;
-    let (message, rest) = postcard::take_from_bytes::<Message>(&payload)?;
+    decode_payload(&payload)
+}
+
+/// One frame's payload as a message, nothing after it.
+fn decode_payload(payload: &[u8]) -> Result<Message, GossipError> {
+    let (message, rest) = postcard::take_from_bytes::<Message>(payload)?;
     if !rest.is_empty() {
         return Err(GossipError::Protocol(format!(
             "{} bytes after the message",
@@ -84,6 +92,37 @@ pub(crate) async fn read_message<R: AsyncRead + Unpin>(
         )));
     }
     Ok(message)
+}
+
+/// Decode the first gossip frame in `bytes` the way a node does (the length bound, the message,
+/// and for an exchange the delta inside it, as `CounterSet<String>` state): `Ok(Some(used))`
+/// with the bytes the frame took, `Ok(None)` if `bytes` holds only part of a frame, or the error
+/// that makes a node close the connection. For fuzzing and tests of hostile input; nodes read
+/// frames from their sockets with the same checks.
+pub fn decode_gossip_frame(
+    bytes: &[u8],
+    max_frame_len: usize,
+) -> Result<Option<usize>, GossipError> {
+    let Some((header, rest)) = bytes.split_first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*header) as usize;
+    if len == 0 {
+        return Err(GossipError::EmptyFrame);
+    }
+    if len > max_frame_len {
+        return Err(GossipError::FrameTooLarge {
+            len,
+            max: max_frame_len,
+        });
+    }
+    let Some(payload) = rest.get(..len) else {
+        return Ok(None);
+    };
+    if let Message::Exchange { delta, .. } = decode_payload(payload)? {
+        crate::Delta::<String>::decode(&delta)?;
+    }
+    Ok(Some(4 + len))
 }
 
 pub(crate) async fn write_message<W: AsyncWrite + Unpin>(
@@ -145,6 +184,42 @@ mod tests {
         assert!(matches!(
             read_message(&mut &[0u8, 0, 0, 0][..], 1024).await,
             Err(GossipError::EmptyFrame)
+        ));
+
+        // The synchronous decoder agrees on every case.
+        assert_eq!(decode_gossip_frame(&bytes, 1024)?, Some(bytes.len()));
+        assert_eq!(decode_gossip_frame(truncated, 1024)?, None);
+        assert!(matches!(
+            decode_gossip_frame(&oversized, 1024),
+            Err(GossipError::FrameTooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_gossip_frame(&garbage, 1024),
+            Err(GossipError::Message(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_exchange_with_a_bad_delta_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let set = crate::CounterSet::<String>::new(NodeId::new("a")?);
+        set.add("k", 3);
+        let good = Message::Exchange {
+            ack: None,
+            delta: set.delta_since(0).encode(),
+        };
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &good, 1024).await?;
+        assert_eq!(decode_gossip_frame(&bytes, 1024)?, Some(bytes.len()));
+        let bad = Message::Exchange {
+            ack: None,
+            delta: vec![9, 9, 9],
+        };
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &bad, 1024).await?;
+        assert!(matches!(
+            decode_gossip_frame(&bytes, 1024),
+            Err(GossipError::Delta(_))
         ));
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
     time::{Instant, MissedTickBehavior, sleep, timeout},
@@ -69,8 +70,12 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn read_within(
-    stream: &mut TcpStream,
+/// A gossip byte stream: plain TCP, or TLS over TCP.
+trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
+async fn read_within<S: Link>(
+    stream: &mut S,
     limit: Duration,
     max_len: usize,
 ) -> Result<Message, GossipError> {
@@ -79,7 +84,7 @@ async fn read_within(
         .map_err(|_| GossipError::Timeout(limit))?
 }
 
-async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<NodeId, GossipError> {
+async fn handshake<S: Link>(shared: &Shared, stream: &mut S) -> Result<NodeId, GossipError> {
     let max = shared.config.max_frame_len;
     let hello = Message::Hello {
         protocol: GOSSIP_PROTOCOL_VERSION,
@@ -169,8 +174,22 @@ fn merge_from(shared: &Shared, peer: &NodeId, bytes: &[u8]) -> Result<usize, Gos
     Ok(delta.len())
 }
 
-async fn serve_inbound(shared: &Arc<Shared>, mut stream: TcpStream) -> Result<(), GossipError> {
+async fn serve_inbound(shared: &Arc<Shared>, stream: TcpStream) -> Result<(), GossipError> {
     stream.set_nodelay(true)?;
+    match &shared.config.tls {
+        Some(tls) => {
+            // A peer without a certificate the cluster CA signed fails here, before any frame.
+            let stream = timeout(ANSWER_TIMEOUT, tls.acceptor.accept(stream))
+                .await
+                .map_err(|_| GossipError::Timeout(ANSWER_TIMEOUT))?
+                .map_err(|err| GossipError::Tls(err.to_string()))?;
+            converse_inbound(shared, stream).await
+        }
+        None => converse_inbound(shared, stream).await,
+    }
+}
+
+async fn converse_inbound<S: Link>(shared: &Arc<Shared>, mut stream: S) -> Result<(), GossipError> {
     let max = shared.config.max_frame_len;
     // The initiator speaks first; answer its hello with ours.
     let peer = match read_within(&mut stream, ANSWER_TIMEOUT, max).await? {
@@ -252,11 +271,32 @@ async fn run_link(
     addr: SocketAddr,
     backoff: &mut Duration,
 ) -> Result<(), GossipError> {
-    let max = shared.config.max_frame_len;
-    let mut stream = timeout(ANSWER_TIMEOUT, TcpStream::connect(addr))
+    let stream = timeout(ANSWER_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| GossipError::Timeout(ANSWER_TIMEOUT))??;
     stream.set_nodelay(true)?;
+    match &shared.config.tls {
+        Some(tls) => {
+            // The peer's certificate must be the cluster CA's and name the address we dialled.
+            let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = timeout(ANSWER_TIMEOUT, tls.connector.connect(name, stream))
+                .await
+                .map_err(|_| GossipError::Timeout(ANSWER_TIMEOUT))?
+                .map_err(|err| GossipError::Tls(err.to_string()))?;
+            exchange_with(shared, index, stream, backoff).await
+        }
+        None => exchange_with(shared, index, stream, backoff).await,
+    }
+}
+
+/// Handshake on an established link, then an exchange every interval until it fails.
+async fn exchange_with<S: Link>(
+    shared: &Arc<Shared>,
+    index: usize,
+    mut stream: S,
+    backoff: &mut Duration,
+) -> Result<(), GossipError> {
+    let max = shared.config.max_frame_len;
     let peer = handshake(shared, &mut stream).await?;
     if let Some(state) = shared.peers.lock().get_mut(index) {
         state.node_id = Some(peer.clone());

@@ -12,8 +12,8 @@ use axum::{
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 
-use super::{MAX_KEY_LEN, Shared};
-use crate::{RateLimit, RateLimiter};
+use super::{MAX_KEY_LEN, NodeError, Shared};
+use crate::{NodeId, RateLimit, RateLimiter, RetireError};
 
 /// Distinct (limit, window) pairs the rate-limit endpoint keeps limiters for.
 const MAX_LIMITERS: usize = 1024;
@@ -32,6 +32,7 @@ pub(super) async fn serve(
         .route("/v1/counters/", get(empty_key))
         .route("/v1/ratelimit/{key}", get(ratelimit))
         .route("/v1/ratelimit/", get(empty_key))
+        .route("/v1/retire/{node}", post(retire))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(shared);
@@ -117,7 +118,20 @@ async fn read(State(shared): State<AppState>, Path(key): Path<String>) -> Respon
         return bad_request(message);
     }
     let value = shared.counters.get(key.as_str());
-    Json(json!({ "key": key, "value": value })).into_response()
+    // Every node's entry, so operators (and tests) can see where counts come from.
+    let entries: serde_json::Map<String, serde_json::Value> = shared
+        .counters
+        .state(key.as_str())
+        .entries()
+        .iter()
+        .map(|(node, count)| {
+            (
+                node.as_str().to_owned(),
+                json!({ "increments": count.increments, "decrements": count.decrements }),
+            )
+        })
+        .collect();
+    Json(json!({ "key": key, "value": value, "entries": entries })).into_response()
 }
 
 async fn ratelimit(
@@ -167,11 +181,38 @@ async fn ratelimit(
     }
 }
 
+async fn retire(State(shared): State<AppState>, Path(node): Path<String>) -> Response {
+    let node = match NodeId::new(&node) {
+        Ok(node) => node,
+        Err(err) => return bad_request(format!("node id {node:?}: {err}")),
+    };
+    match shared.retire(&node).await {
+        Ok(report) => Json(json!({
+            "retired": node.as_str(),
+            "survivor": shared.config.node_id.as_str(),
+            "keys_folded": report.keys_folded,
+            "already_retired": report.already_retired,
+        }))
+        .into_response(),
+        Err(NodeError::Retire(err @ RetireError::OwnNode(_))) => bad_request(err.to_string()),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": err.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 async fn status(State(shared): State<AppState>) -> Response {
     Json(json!({
         "node_id": shared.config.node_id.as_str(),
         "gossip_addr": shared.gossip_addr.to_string(),
         "keys": shared.counters.len(),
+        "retired": shared.counters.retirements(),
+        "durability": match shared.config.durability {
+            super::Durability::FsyncEvery(every) => format!("fsync every {every:?}"),
+            _ => "fsync before acknowledging".to_owned(),
+        },
         "peers": shared.peer_statuses(),
     }))
     .into_response()

@@ -5,6 +5,11 @@
 //! entry for the key after a batch of increments. Entries only grow, so loading takes the
 //! per-key maximum, and a torn record at the end (a crash during a write) is simply dropped:
 //! the increments it carried were never acknowledged.
+//!
+//! A retirement (the node folding a retired node's entries into its own) is one record with the
+//! top bit of the length set, whose payload is the postcard encoding of `(Retirement, [(key,
+//! increments, decrements)])`: the tombstone and every own entry the fold changed, so a crash
+//! keeps both or neither.
 
 use std::{
     collections::HashMap,
@@ -13,12 +18,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::PnCount;
+use crate::{PnCount, Retirement};
 
 const FILE_NAME: &str = "own-entries.log";
 const HEADER_LEN: usize = 12;
 /// Keys are bounded by the HTTP API; anything longer in the file is corruption.
 const MAX_RECORD_LEN: usize = 64 * 1024;
+/// Set in a record's length: the record is a retirement.
+const RETIREMENT_FLAG: u32 = 1 << 31;
+/// A retirement record lists every key the retired node counted.
+const MAX_RETIREMENT_RECORD_LEN: usize = 1 << 30;
+
+/// What a journal holds: every own entry (per-key maximum) and every retirement.
+pub(crate) type Loaded = (HashMap<String, PnCount>, Vec<Retirement>);
 
 pub(crate) struct Journal {
     file: File,
@@ -28,7 +40,7 @@ pub(crate) struct Journal {
 impl Journal {
     /// Open (creating) the journal in `dir`, returning every own entry it holds. The file is
     /// rewritten compacted (one record per key) so it does not grow without bound over restarts.
-    pub(crate) fn open(dir: &Path) -> io::Result<(Self, HashMap<String, PnCount>)> {
+    pub(crate) fn open(dir: &Path) -> io::Result<(Self, Loaded)> {
         fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
         let bytes = match fs::read(&path) {
@@ -36,13 +48,17 @@ impl Journal {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(err) => return Err(err),
         };
-        let entries = parse(&bytes);
+        let (entries, retirements) = parse(&bytes);
         let compacted = dir.join(format!("{FILE_NAME}.tmp"));
         {
             let mut file = File::create(&compacted)?;
             let mut buffer = Vec::new();
             for (key, count) in &entries {
                 encode_record(&mut buffer, key, *count);
+            }
+            // The folds are in the entries now; the tombstones alone remain to be kept.
+            for retirement in &retirements {
+                encode_retirement(&mut buffer, retirement, &[]);
             }
             file.write_all(&buffer)?;
             file.sync_all()?;
@@ -51,7 +67,7 @@ impl Journal {
         // The rename itself must be durable before we acknowledge anything on top of it.
         File::open(dir)?.sync_all()?;
         let file = OpenOptions::new().append(true).open(&path)?;
-        Ok((Self { file, path }, entries))
+        Ok((Self { file, path }, (entries, retirements)))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -60,13 +76,59 @@ impl Journal {
 
     /// Append `entries` and fsync: once this returns `Ok`, they survive a crash.
     pub(crate) fn append(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
+        self.append_unsynced(entries)?;
+        self.file.sync_data()
+    }
+
+    /// Append `entries` without fsync: they survive a crash of the process (they are in the
+    /// kernel's page cache) but not of the machine until the next fsync (see `sync_handle`).
+    pub(crate) fn append_unsynced(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
         let mut buffer = Vec::new();
         for (key, count) in entries {
             encode_record(&mut buffer, key, *count);
         }
+        self.file.write_all(&buffer)
+    }
+
+    /// A second handle on the journal file, for fsyncing it from another thread.
+    pub(crate) fn sync_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Append a retirement and the own entries its fold produced as one record, and fsync.
+    pub(crate) fn append_retirement(
+        &mut self,
+        retirement: &Retirement,
+        own_after: &[(String, PnCount)],
+    ) -> io::Result<()> {
+        let mut buffer = Vec::new();
+        encode_retirement(&mut buffer, retirement, own_after);
+        if buffer.len() > MAX_RETIREMENT_RECORD_LEN {
+            return Err(io::Error::other(format!(
+                "retirement record of {} bytes exceeds the {MAX_RETIREMENT_RECORD_LEN}-byte bound",
+                buffer.len()
+            )));
+        }
         self.file.write_all(&buffer)?;
         self.file.sync_data()
     }
+}
+
+fn encode_retirement(
+    buffer: &mut Vec<u8>,
+    retirement: &Retirement,
+    own_after: &[(String, PnCount)],
+) {
+    let entries: Vec<(&str, u64, u64)> = own_after
+        .iter()
+        .map(|(key, count)| (key.as_str(), count.increments, count.decrements))
+        .collect();
+    // Serializing plain data into a Vec cannot fail.
+    let payload = postcard::to_stdvec(&(retirement, entries)).unwrap_or_default();
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX >> 1) & !RETIREMENT_FLAG;
+    buffer.extend_from_slice(&(len | RETIREMENT_FLAG).to_le_bytes());
+    buffer.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+    buffer.extend_from_slice(&payload);
 }
 
 fn encode_record(buffer: &mut Vec<u8>, key: &str, count: PnCount) {
@@ -80,21 +142,48 @@ fn encode_record(buffer: &mut Vec<u8>, key: &str, count: PnCount) {
 }
 
 /// Every complete, intact record's entry, per-key maximum; stops at the first bad record.
-fn parse(mut bytes: &[u8]) -> HashMap<String, PnCount> {
+fn parse(mut bytes: &[u8]) -> Loaded {
     let mut entries: HashMap<String, PnCount> = HashMap::new();
+    let mut retirements: Vec<Retirement> = Vec::new();
     while bytes.len() >= HEADER_LEN {
         let (header, rest) = bytes.split_at(HEADER_LEN);
         let mut len_bytes = [0u8; 4];
         len_bytes.copy_from_slice(&header[..4]);
         let mut sum_bytes = [0u8; 8];
         sum_bytes.copy_from_slice(&header[4..]);
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > MAX_RECORD_LEN || len > rest.len() {
+        let raw_len = u32::from_le_bytes(len_bytes);
+        let is_retirement = raw_len & RETIREMENT_FLAG != 0;
+        let len = (raw_len & !RETIREMENT_FLAG) as usize;
+        let max = if is_retirement {
+            MAX_RETIREMENT_RECORD_LEN
+        } else {
+            MAX_RECORD_LEN
+        };
+        if len > max || len > rest.len() {
             break;
         }
         let (payload, after) = rest.split_at(len);
         if xxhash_rust::xxh3::xxh3_64(payload) != u64::from_le_bytes(sum_bytes) {
             break;
+        }
+        if is_retirement {
+            let Ok((retirement, own_after)) =
+                postcard::from_bytes::<(Retirement, Vec<(String, u64, u64)>)>(payload)
+            else {
+                break;
+            };
+            for (key, increments, decrements) in own_after {
+                let slot = entries.entry(key).or_default();
+                *slot = slot.merged(PnCount {
+                    increments,
+                    decrements,
+                });
+            }
+            if !retirements.contains(&retirement) {
+                retirements.push(retirement);
+            }
+            bytes = after;
+            continue;
         }
         let Ok((key, increments, decrements)) = postcard::from_bytes::<(String, u64, u64)>(payload)
         else {
@@ -108,7 +197,7 @@ fn parse(mut bytes: &[u8]) -> HashMap<String, PnCount> {
         *slot = slot.merged(count);
         bytes = after;
     }
-    entries
+    (entries, retirements)
 }
 
 #[cfg(test)]
@@ -126,7 +215,7 @@ mod tests {
     fn reopening_keeps_the_maximum_and_drops_a_torn_tail() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         {
-            let (mut journal, entries) = Journal::open(dir.path())?;
+            let (mut journal, (entries, _)) = Journal::open(dir.path())?;
             assert!(entries.is_empty());
             journal.append(&[("a".into(), count(3, 1)), ("b".into(), count(1, 0))])?;
             journal.append(&[("a".into(), count(5, 1))])?;
@@ -137,13 +226,13 @@ mod tests {
             let bytes = fs::read(&path)?;
             fs::write(&path, &bytes[..bytes.len() - 3])?;
         }
-        let (mut journal, entries) = Journal::open(dir.path())?;
+        let (mut journal, (entries, _)) = Journal::open(dir.path())?;
         assert_eq!(entries.get("a"), Some(&count(5, 1)));
         assert_eq!(entries.get("b"), Some(&count(1, 0)));
         // Appending after the repaired tail is readable again.
         journal.append(&[("b".into(), count(2, 0))])?;
         drop(journal);
-        let (_, entries) = Journal::open(dir.path())?;
+        let (_, (entries, _)) = Journal::open(dir.path())?;
         assert_eq!(entries.get("b"), Some(&count(2, 0)));
         assert_eq!(entries.len(), 2);
         Ok(())
@@ -161,8 +250,45 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, &bytes)?;
-        let (_, entries) = Journal::open(dir.path())?;
+        let (_, (entries, _)) = Journal::open(dir.path())?;
         assert_eq!(entries.get("a"), Some(&count(1, 0)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_retirement_keeps_its_folds_and_tombstone_together() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let retirement = Retirement {
+            retired: crate::NodeId::new("c").map_err(io::Error::other)?,
+            survivor: crate::NodeId::new("a").map_err(io::Error::other)?,
+        };
+        let (mut journal, _) = Journal::open(dir.path())?;
+        journal.append(&[("x".into(), count(5, 0))])?;
+        journal.append_retirement(&retirement, &[("x".into(), count(16, 2))])?;
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        let (_, (entries, retirements)) = Journal::open(dir.path())?;
+        assert_eq!(entries.get("x"), Some(&count(16, 2)));
+        assert_eq!(retirements, std::slice::from_ref(&retirement));
+        // Compacted and reopened: still both.
+        let (journal, (entries, retirements)) = Journal::open(dir.path())?;
+        assert_eq!(entries.get("x"), Some(&count(16, 2)));
+        assert_eq!(retirements.len(), 1);
+        // A torn retirement record is dropped whole: neither the fold nor the tombstone.
+        let mut journal = journal;
+        journal.append_retirement(
+            &Retirement {
+                retired: crate::NodeId::new("d").map_err(io::Error::other)?,
+                ..retirement
+            },
+            &[("x".into(), count(99, 2))],
+        )?;
+        drop(journal);
+        let bytes = fs::read(&path)?;
+        fs::write(&path, &bytes[..bytes.len() - 2])?;
+        let (_, (entries, retirements)) = Journal::open(dir.path())?;
+        assert_eq!(entries.get("x"), Some(&count(16, 2)));
+        assert_eq!(retirements.len(), 1);
         Ok(())
     }
 }

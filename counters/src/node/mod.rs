@@ -4,6 +4,7 @@ mod frame;
 mod gossip;
 mod http;
 mod journal;
+mod tls;
 
 use std::{
     net::SocketAddr,
@@ -25,12 +26,30 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError};
+pub use frame::{DEFAULT_MAX_FRAME_LEN, GOSSIP_PROTOCOL_VERSION, GossipError, decode_gossip_frame};
+pub use tls::NodeTls;
 
-use crate::{CounterSet, NodeId, PnCount};
+use crate::{CounterSet, NodeId, PnCount, RetireError, RetireReport};
 
 /// The longest counter key the node accepts, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
+
+/// When an increment answered over HTTP (or by [`CounterNode::incr`]) is on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Journalled and fsynced (group-committed with concurrent increments) *before* it is
+    /// applied and acknowledged: no acknowledged increment is ever lost. The default.
+    #[default]
+    Fsync,
+    /// Journalled (written to the file, so it survives the process being killed) and applied,
+    /// then acknowledged; the journal is fsynced every `Duration`. Like Redis's
+    /// `appendfsync everysec`: a machine crash or power loss may lose the increments of the last
+    /// interval, and increments made after such a restart, before the node has re-learned its
+    /// own entry from peers that had seen the lost ones, may be absorbed by the per-node
+    /// maximum (up to the same amount). A `kill -9` of the process alone loses nothing.
+    FsyncEvery(Duration),
+}
 
 /// How a [`CounterNode`] runs. Build with [`CounterNodeConfig::new`], then [`validate`](Self::validate)
 /// (done by [`CounterNode::start`]).
@@ -51,6 +70,12 @@ pub struct CounterNodeConfig {
     pub interval: Duration,
     /// Bound on one gossip frame's payload. Default 16 MiB.
     pub max_frame_len: usize,
+    /// Mutual TLS for gossip links, both directions; `None` (the default) is clear text, which
+    /// only belongs on loopback or a trusted network.
+    pub tls: Option<NodeTls>,
+    /// When increments are on disk relative to their acknowledgement. Default
+    /// [`Durability::Fsync`].
+    pub durability: Durability,
 }
 
 impl CounterNodeConfig {
@@ -64,6 +89,8 @@ impl CounterNodeConfig {
             data_dir: data_dir.into(),
             interval: Duration::from_secs(1),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            tls: None,
+            durability: Durability::Fsync,
         }
     }
 
@@ -80,6 +107,13 @@ impl CounterNodeConfig {
                 "max_frame_len = {}: must be between 1024 and {}",
                 self.max_frame_len,
                 u32::MAX
+            )));
+        }
+        if let Durability::FsyncEvery(every) = self.durability
+            && (every < Duration::from_millis(1) || every > Duration::from_secs(3600))
+        {
+            return Err(NodeError::Config(format!(
+                "durability = fsync every {every:?}: must be between 1 ms and 1 h"
             )));
         }
         if self.peers.contains(&self.listen) {
@@ -121,6 +155,12 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The TLS certificates could not be loaded, or do not form a usable configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A retirement was refused or could not be made durable.
+    #[error("retire: {0}")]
+    Retire(#[from] RetireError),
 }
 
 /// What one configured peer link looks like now.
@@ -206,12 +246,21 @@ struct IncrRequest {
     reply: oneshot::Sender<Result<i64, NodeError>>,
 }
 
+/// Work for the single writer of this node's own entries.
+enum Commit {
+    Incr(IncrRequest),
+    Retire {
+        node: NodeId,
+        reply: oneshot::Sender<Result<RetireReport, NodeError>>,
+    },
+}
+
 pub(crate) struct Shared {
     counters: CounterSet<String>,
     config: CounterNodeConfig,
     peers: Mutex<Vec<PeerState>>,
     metrics: Metrics,
-    commits: mpsc::Sender<IncrRequest>,
+    commits: mpsc::Sender<Commit>,
     limiters: Mutex<std::collections::HashMap<(u64, u64), crate::RateLimiter<String>>>,
     gossip_addr: SocketAddr,
 }
@@ -220,10 +269,12 @@ pub(crate) struct Shared {
 /// over TCP, and (optionally) the HTTP API. Dropping it (or [`shutdown`](Self::shutdown)) stops
 /// its tasks.
 ///
-/// **Durability:** an increment is journalled (fsynced, group-committed with concurrent ones)
-/// *before* it is applied in memory, so peers only ever see durable values of this node's entry;
-/// after `kill -9` the node reloads its entry from the journal and loses no acknowledged
-/// increment and counts none twice.
+/// **Durability** (default [`Durability::Fsync`]): an increment is journalled (fsynced,
+/// group-committed with concurrent ones) *before* it is applied in memory, so peers only ever
+/// see durable values of this node's entry; after `kill -9` or a power loss the node reloads its
+/// entry from the journal and loses no acknowledged increment and counts none twice.
+/// [`Durability::FsyncEvery`] trades the power-loss guarantee for throughput, like Redis's
+/// `appendfsync everysec`.
 ///
 /// ```
 /// use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId};
@@ -259,12 +310,15 @@ impl CounterNode {
     /// Load the journal, bind the gossip (and HTTP) listeners, and start replicating.
     pub async fn start(config: CounterNodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
-        let (journal, own_entries) =
-            journal::Journal::open(&config.data_dir).map_err(|source| NodeError::Journal {
+        let (journal, (own_entries, retirements)) = journal::Journal::open(&config.data_dir)
+            .map_err(|source| NodeError::Journal {
                 path: config.data_dir.clone(),
                 source,
             })?;
         let counters = CounterSet::<String>::new(config.node_id.clone());
+        for retirement in &retirements {
+            counters.restore_retirement(retirement);
+        }
         for (key, count) in own_entries {
             counters.raise_own(key, count);
         }
@@ -311,13 +365,38 @@ impl CounterNode {
         // The committer holds no `Shared`, so it ends once the node (the queue's sender) is gone.
         let committer_counters = shared.counters.clone();
         let committed = shared.metrics.increments.clone();
+        let journal_error = |source| NodeError::Journal {
+            path: shared.config.data_dir.clone(),
+            source,
+        };
+        let failed = Arc::new(AtomicBool::new(false));
+        // Keeps the syncer running; dropped by the committer when it ends.
+        let mut syncer_alive = None;
+        if let Durability::FsyncEvery(every) = shared.config.durability {
+            let file = journal.sync_handle().map_err(journal_error)?;
+            let (alive, stopped) = std::sync::mpsc::channel::<()>();
+            syncer_alive = Some(alive);
+            let failed = Arc::clone(&failed);
+            std::thread::Builder::new()
+                .name("counters-fsync".into())
+                .spawn(move || run_syncer(&file, every, &stopped, &failed))
+                .map_err(journal_error)?;
+        }
+        let durability = shared.config.durability;
         std::thread::Builder::new()
             .name("counters-journal".into())
-            .spawn(move || run_committer(&committer_counters, &committed, journal, commit_queue))
-            .map_err(|source| NodeError::Journal {
-                path: shared.config.data_dir.clone(),
-                source,
-            })?;
+            .spawn(move || {
+                run_committer(
+                    &committer_counters,
+                    &committed,
+                    journal,
+                    commit_queue,
+                    durability,
+                    &failed,
+                );
+                drop(syncer_alive);
+            })
+            .map_err(journal_error)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(gossip::accept_loop(
             Arc::clone(&shared),
@@ -371,6 +450,12 @@ impl CounterNode {
         self.shared.incr(key, by).await
     }
 
+    /// Retire `node` (stopped for good): fold its entries into this node's own, durably, and
+    /// spread the tombstone with every delta (see [`CounterSet::retire`]). No total changes.
+    pub async fn retire(&self, node: &NodeId) -> Result<RetireReport, NodeError> {
+        self.shared.retire(node).await
+    }
+
     /// Every configured peer's link state.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.shared.peer_statuses()
@@ -392,9 +477,21 @@ impl Shared {
     async fn incr(&self, key: &str, by: i64) -> Result<i64, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.commits
-            .send(IncrRequest {
+            .send(Commit::Incr(IncrRequest {
                 key: key.to_owned(),
                 by,
+                reply,
+            }))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    async fn retire(&self, node: &NodeId) -> Result<RetireReport, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commits
+            .send(Commit::Retire {
+                node: node.clone(),
                 reply,
             })
             .await
@@ -428,15 +525,50 @@ fn run_committer(
     counters: &CounterSet<String>,
     committed: &PromCounter,
     mut journal: journal::Journal,
-    mut queue: mpsc::Receiver<IncrRequest>,
+    mut queue: mpsc::Receiver<Commit>,
+    durability: Durability,
+    failed: &AtomicBool,
 ) {
-    let failed = AtomicBool::new(false);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
+    // A retirement taken off the queue while gathering a batch runs right after that batch.
+    let mut retire_next = None;
+    loop {
+        let first = match retire_next.take() {
+            Some(retire) => retire,
+            None => match queue.blocking_recv() {
+                Some(commit) => commit,
+                None => return,
+            },
+        };
+        match first {
+            Commit::Incr(request) => batch.push(request),
+            Commit::Retire { node, reply } => {
+                let result = if failed.load(Ordering::Relaxed) {
+                    Err(NodeError::JournalFailed("an earlier write failed".into()))
+                } else {
+                    counters
+                        .retire_with(&node, |retirement, own_after| {
+                            journal
+                                .append_retirement(retirement, own_after)
+                                .map_err(|err| {
+                                    // Unknown file state, as for increments below.
+                                    failed.store(true, Ordering::Relaxed);
+                                    err.into()
+                                })
+                        })
+                        .map_err(NodeError::from)
+                };
+                let _ = reply.send(result);
+                continue;
+            }
+        }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(Commit::Incr(request)) => batch.push(request),
+                Ok(retire) => {
+                    retire_next = Some(retire);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -462,7 +594,11 @@ fn run_committer(
                 }
             }
         }
-        match journal.append(&after) {
+        let written = match durability {
+            Durability::FsyncEvery(_) => journal.append_unsynced(&after),
+            _ => journal.append(&after),
+        };
+        match written {
             Ok(()) => {
                 for request in batch.drain(..) {
                     counters.add(&request.key, request.by);
@@ -482,6 +618,31 @@ fn run_committer(
                         .send(Err(NodeError::JournalFailed(err.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// [`Durability::FsyncEvery`]: fsync the journal every `every` until the committer ends (its
+/// end of `stopped` is dropped), then once more.
+fn run_syncer(
+    file: &std::fs::File,
+    every: Duration,
+    stopped: &std::sync::mpsc::Receiver<()>,
+    failed: &AtomicBool,
+) {
+    loop {
+        let done = !matches!(
+            stopped.recv_timeout(every),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(err) = file.sync_data() {
+            // As for a failed write: what is on disk is unknown, so stop acknowledging.
+            tracing::error!(error = %err, "journal fsync failed");
+            failed.store(true, Ordering::Relaxed);
+            return;
+        }
+        if done {
+            return;
         }
     }
 }
@@ -532,6 +693,34 @@ mod tests {
         let b = node("b", dir_b.path(), vec![], "127.0.0.1:0".parse()?).await?;
         assert_eq!(b.counters().get("k"), 8);
         assert_eq!(b.incr("k", 1).await?, 9);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fsync_every_acknowledges_and_a_restart_reloads_every_acknowledged_increment()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let start = || async {
+            let mut config =
+                CounterNodeConfig::new(NodeId::new("a")?, "127.0.0.1:0".parse()?, dir.path());
+            config.durability = Durability::FsyncEvery(Duration::from_millis(20));
+            Ok::<_, Box<dyn std::error::Error>>(CounterNode::start(config).await?)
+        };
+        let a = start().await?;
+        for _ in 0..50 {
+            a.incr("k", 2).await?;
+        }
+        assert_eq!(a.incr("k", -1).await?, 99);
+        a.shutdown();
+        // The committer and syncer threads end with the node; the written journal reloads.
+        let a = start().await?;
+        assert_eq!(a.counters().get("k"), 99);
+
+        let mut config =
+            CounterNodeConfig::new(NodeId::new("a")?, "127.0.0.1:0".parse()?, dir.path());
+        config.durability = Durability::FsyncEvery(Duration::ZERO);
+        let err = config.validate().expect_err("zero interval");
+        assert!(err.to_string().contains("fsync every"), "{err}");
         Ok(())
     }
 

@@ -58,10 +58,17 @@ fn rejects_what_it_cannot_read_with_a_clear_error() {
         Err(DecodeError::Empty)
     ));
     let mut future = good.clone();
-    future[0] = 2;
+    future[0] = 3;
     let err = Delta::<String>::decode(&future).unwrap_err();
-    assert!(matches!(err, DecodeError::UnsupportedVersion { found: 2 }));
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(matches!(err, DecodeError::UnsupportedVersion { found: 3 }));
+    assert!(err.to_string().contains("version 3"), "{err}");
+    // Version 2 promises a retirement list after the keys; version 1 bytes lack it.
+    let mut missing_retirements = good.clone();
+    missing_retirements[0] = 2;
+    assert!(matches!(
+        Delta::<String>::decode(&missing_retirements),
+        Err(DecodeError::Malformed(_))
+    ));
     let mut trailing = good.clone();
     trailing.push(0);
     assert!(matches!(
@@ -122,5 +129,57 @@ proptest! {
             // Whatever decodes must be safe to merge.
             CounterSet::<String>::new(NodeId::new("z").unwrap()).merge(&delta);
         }
+    }
+}
+
+proptest::proptest! {
+    /// The gossip frame decoder (also the fuzz target `counters_gossip_frames`) never panics on
+    /// arbitrary bytes, and whatever it accepts it accounts for within the input.
+    #[test]
+    fn gossip_frames_survive_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let mut rest = bytes.as_slice();
+        while let Ok(Some(used)) = edgekit_counters::decode_gossip_frame(rest, 1024) {
+            proptest::prop_assert!(used > 4 && used <= rest.len());
+            rest = &rest[used..];
+        }
+    }
+
+    /// Real frames carrying arbitrary deltas decode; every strict prefix is incomplete, not an
+    /// error; one flipped byte never panics.
+    #[test]
+    fn gossip_frames_round_trip_and_truncate_cleanly(
+        counts in proptest::collection::vec((0u8..8, -5i64..5), 0..20),
+        flip in proptest::num::usize::ANY,
+    ) {
+        let set = CounterSet::<String>::new(NodeId::new("a").unwrap());
+        for (key, by) in counts {
+            set.add(&format!("k{key}"), by);
+        }
+        let delta = set.delta_since(0).encode();
+        // Message::Exchange { ack: None, delta }: variant 1, None, byte string.
+        let mut payload = vec![1, 0];
+        let mut len = delta.len();
+        while len >= 0x80 {
+            payload.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        payload.push(len as u8);
+        payload.extend_from_slice(&delta);
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        proptest::prop_assert_eq!(
+            edgekit_counters::decode_gossip_frame(&frame, 1 << 20).unwrap(),
+            Some(frame.len())
+        );
+        for cut in 0..frame.len() {
+            proptest::prop_assert_eq!(
+                edgekit_counters::decode_gossip_frame(&frame[..cut], 1 << 20).unwrap(),
+                None
+            );
+        }
+        let mut corrupt = frame.clone();
+        let at = flip % corrupt.len();
+        corrupt[at] ^= 0xff;
+        let _ = edgekit_counters::decode_gossip_frame(&corrupt, 1 << 20);
     }
 }

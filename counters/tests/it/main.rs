@@ -4,5 +4,7 @@ mod concurrency;
 mod crdt_laws;
 mod delta_format;
 mod model;
+mod node_tls;
 mod rate_limiter;
+mod retire;
 mod set_basics;
