@@ -73,7 +73,6 @@ fn closed_stdout_is_not_an_error() {
 /// until then it must fail loudly rather than pretend.
 const NOT_BUILT_YET: &[&[&str]] = &[
     &["counters", "retire", "n1", "--node", "127.0.0.1:1"],
-    &["node"],
 ];
 
 #[test]
