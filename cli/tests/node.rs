@@ -416,3 +416,82 @@ fn the_embedded_defaults_start_a_healthy_node_in_the_current_directory() {
     );
     assert_eq!(node.terminate().code(), Some(0));
 }
+
+/// `ca.pem`, `NAME.pem` and `NAME.key` (a certificate for 127.0.0.1 that `ca` signed) in `dir`,
+/// as the `[kv]` TLS keys.
+fn tls_keys(dir: &Path, ca: &(rcgen::CertificateParams, rcgen::KeyPair), name: &str) -> String {
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params
+        .signed_by(&key, &rcgen::Issuer::from_params(&ca.0, &ca.1))
+        .unwrap();
+    let ca_pem = ca.0.clone().self_signed(&ca.1).unwrap().pem();
+    let paths = [
+        (dir.join(format!("{name}.pem")), cert.pem()),
+        (dir.join(format!("{name}.key")), key.serialize_pem()),
+        (dir.join(format!("{name}-ca.pem")), ca_pem),
+    ];
+    for (path, text) in &paths {
+        std::fs::write(path, text).unwrap();
+    }
+    format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+        paths[0].0.display(),
+        paths[1].0.display(),
+        paths[2].0.display()
+    )
+}
+
+#[test]
+fn a_replica_node_follows_its_root_over_mutual_tls_set_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = (ca_params, rcgen::KeyPair::generate().unwrap());
+    let root_config = dir.path().join("root.toml");
+    std::fs::write(
+        &root_config,
+        port_zero_config(
+            &dir.path().join("root"),
+            "",
+            &format!(
+                "repl_listen = \"127.0.0.1:0\"\n{}",
+                tls_keys(dir.path(), &ca, "root")
+            ),
+        ) + "[dns]\nenabled = false\n",
+    )
+    .unwrap();
+    let root = NodeProcess::start(dir.path(), &["--config", root_config.to_str().unwrap()]);
+    let root_kv = root.address("kv api").to_string();
+    assert!(
+        edgekit(&["kv", "put", "tls/on", "yes", "--node", &root_kv])
+            .status
+            .success()
+    );
+
+    let replica_config = dir.path().join("replica.toml");
+    std::fs::write(
+        &replica_config,
+        port_zero_config(
+            &dir.path().join("replica"),
+            "enabled = false\n",
+            &format!(
+                "upstream = \"{}\"\n{}",
+                root.address("kv replication"),
+                tls_keys(dir.path(), &ca, "replica")
+            ),
+        ) + "[dns]\nenabled = false\n",
+    )
+    .unwrap();
+    let replica = NodeProcess::start(dir.path(), &["--config", replica_config.to_str().unwrap()]);
+    eventually_prints(
+        &[
+            "kv",
+            "get",
+            "tls/on",
+            "--node",
+            &replica.address("kv api").to_string(),
+        ],
+        "yes",
+    );
+}

@@ -84,7 +84,7 @@ impl NodeProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = self.stderr_lines.recv_timeout(left) else {
                 panic!(
-                    "no wanted line within {WAIT:?}; stderr so far:\n{}",
+                    "the node exited, or printed no wanted line within {WAIT:?}; stderr so far:\n{}",
                     self.log.join("\n")
                 );
             };
