@@ -495,3 +495,41 @@ fn a_replica_node_follows_its_root_over_mutual_tls_set_in_the_config() {
         "yes",
     );
 }
+
+#[test]
+fn a_replica_waiting_for_its_upstream_is_live_but_not_ready_and_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // An upstream address where nothing listens: the bootstrap retries and never completes.
+    let nobody = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        port_zero_config(
+            &dir.path().join("data"),
+            "",
+            &format!("upstream = \"{nobody}\"\n"),
+        ) + "[dns]\nenabled = false\n",
+    )
+    .unwrap();
+    let mut node = NodeProcess::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
+    node.wait_for_line(|line| line.starts_with("kv api listening on"));
+    let admin = node.address("admin");
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    let (status, body) = http_get(admin, "/readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "dns disabled\ncounters up\nkv starting\n")
+    );
+    let (_, metrics) = http_get(admin, "/metrics");
+    assert!(
+        metrics.contains("edgekit_node_part_up{part=\"kv\"} 0\n"),
+        "{metrics}"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(node.terminate().code(), Some(0), "{}", node.log.join("\n"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!node.log.iter().any(|line| line == "node ready"));
+}
