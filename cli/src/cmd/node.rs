@@ -179,8 +179,12 @@ async fn serve(prepared: Prepared, config_path: Option<PathBuf>) -> anyhow::Resu
             _ = hangup.recv() => reload(config_path.as_deref(), &mut running, &parts),
             finished = wait_task(&mut kv_task) => {
                 kv_task = None;
-                break Some(finished.context("the kv node stopped")?.err()
-                    .unwrap_or_else(|| anyhow::anyhow!("the kv node stopped")));
+                // The other parts still drain before the failure is reported.
+                break Some(match finished {
+                    Ok(Ok(())) => anyhow::anyhow!("the kv node stopped"),
+                    Ok(Err(error)) => error,
+                    Err(error) => error.context("the kv node failed"),
+                });
             }
         }
     };
