@@ -198,9 +198,23 @@ pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
 /// Parse the text and fill the defaults that depend on what the file leaves out.
 fn parse(text: &str) -> anyhow::Result<Loaded> {
     let table: toml::Table = text.parse()?;
+    // From the text, an error shows the line; from the table, it names the whole key path.
+    let mut config: NodeConfig = match toml::from_str(text) {
+        Ok(config) => config,
+        Err(error) => {
+            let path = NodeConfig::deserialize(toml::Value::Table(table))
+                .err()
+                .and_then(|error| {
+                    let message = error.to_string();
+                    let (_, path) = message.rsplit_once("\nin ")?;
+                    Some(format!("in {}", path.trim()))
+                })
+                .unwrap_or_default();
+            bail!("{}\n{path}", error.to_string().trim_end());
+        }
+    };
     let mut keys = BTreeMap::new();
     flatten("", &table, &mut keys);
-    let mut config = NodeConfig::deserialize(toml::Value::Table(table))?;
     if !keys.contains_key("dns.server.listen") {
         config.dns.server.listen = vec![DEFAULT_DNS_LISTEN];
     }
