@@ -108,7 +108,7 @@ fn one_node_answers_dns_kv_counters_and_admin_then_exits_0_on_sigterm() {
     // SIGHUP: a reloadable key is applied, another is reported as needing a restart.
     let changed = config.replace(
         "udp_sockets_per_address = 1\n",
-        "udp_sockets_per_address = 1\nprefetch_percent = 20\n",
+        "udp_sockets_per_address = 1\nprefetch_percent = 20\nallow = [\"10.0.0.0/8\"]\n",
     );
     let changed = changed.replace("interval_ms = 100\n", "interval_ms = 200\n");
     std::fs::write(&config_path, changed).unwrap();
@@ -116,8 +116,15 @@ fn one_node_answers_dns_kv_counters_and_admin_then_exits_0_on_sigterm() {
     let line = node.wait_for_line(|line| line.starts_with("reload"));
     assert_eq!(
         line,
-        "reloaded the configuration: applied dns.server.prefetch_percent; changes to \
-         counters.interval_ms apply only after a restart"
+        "reloaded the configuration: applied dns.server.allow, dns.server.prefetch_percent; \
+         changes to counters.interval_ms apply only after a restart"
+    );
+    // The new ACL is in force: this loopback client is no longer allowed.
+    assert_eq!(
+        common::ask(node.address("dns"), "www.example.test.")
+            .metadata
+            .response_code,
+        edgekit_dns::proto::op::ResponseCode::Refused
     );
     // A broken file on reload is refused, naming the key, and the node keeps serving.
     std::fs::write(&config_path, "[kv]\nnope = 1\n").unwrap();

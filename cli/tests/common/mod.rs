@@ -240,6 +240,18 @@ pub fn eventually_prints(args: &[&str], expected: &str) {
 
 /// Ask `server` for NAME A over UDP; the A addresses of the answer.
 pub fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
+    ask(server, name)
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ask `server` for NAME A over UDP; the whole answer.
+pub fn ask(server: SocketAddr, name: &str) -> Message {
     let mut message = Message::new(4242, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
     message.add_query(Query::query(
@@ -258,13 +270,6 @@ pub fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
     let answer = Message::from_vec(&buffer[..length]).expect("the answer parses");
     assert_eq!(answer.metadata.id, 4242);
     answer
-        .answers
-        .iter()
-        .filter_map(|record| match &record.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A `[dns]` section pointing the resolver at an in-process hierarchy on `authority_port`.
