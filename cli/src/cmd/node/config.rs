@@ -278,6 +278,10 @@ impl NodeConfig {
             }
         }
         if self.kv.enabled {
+            // The store calls this `retention.max_entries`; name it as the file does.
+            if self.kv.retain_entries == 0 {
+                bail!("[kv] retain_entries = 0: must be at least 1");
+            }
             self.store_config().validate().context("in [kv]")?;
             let tls = [&self.kv.tls_cert, &self.kv.tls_key, &self.kv.tls_ca];
             let given = tls.iter().filter(|path| path.is_some()).count();
@@ -492,6 +496,27 @@ mod tests {
         ] {
             let error = format!("{:#}", parse(text).unwrap_err());
             assert!(error.contains(key), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn range_errors_name_the_key_as_the_file_spells_it() {
+        for (text, named) in [
+            ("[kv]\nretain_entries = 0\n", "[kv] retain_entries = 0"),
+            (
+                "[kv]\nmax_value_len = 100000000\n",
+                "max_value_len = 100000000",
+            ),
+            ("[counters]\ninterval_ms = 0\n", "interval"),
+            ("[counters]\nnode_id = \"a b\"\n", "node_id = \"a b\""),
+            (
+                "[dns.resolver]\nedns_buffer_size = 100\n",
+                "edns_buffer_size",
+            ),
+        ] {
+            let loaded = parse(text).unwrap();
+            let error = format!("{:#}", loaded.config.validate().unwrap_err());
+            assert!(error.contains(named), "{text:?}: {error}");
         }
     }
 
