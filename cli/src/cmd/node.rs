@@ -237,12 +237,15 @@ async fn start_kv(
         }
         None => None,
     };
-    let root_store = match section.upstream {
-        None => Some(
+    // A root opens its store now, so a bad one stops the start; a replica may have to wait
+    // for its upstream, which happens in the background while the node reports `starting`.
+    let root_store = if section.upstream.is_none() {
+        Some(
             Store::open(&dir, store_config.clone())
                 .with_context(|| format!("[kv] cannot open the store in {}", dir.display()))?,
-        ),
-        Some(_) => None,
+        )
+    } else {
+        None
     };
     let upstream = section.upstream;
     Ok(tokio::spawn(async move {
@@ -255,10 +258,14 @@ async fn start_kv(
                 });
                 let bootstrap =
                     quicksilver_kv::open_or_bootstrap(&dir, store_config, upstream, &status);
+                let failed = || {
+                    format!(
+                        "[kv] upstream = \"{upstream}\": cannot open or bootstrap the replica in {}",
+                        dir.display()
+                    )
+                };
                 let store = tokio::select! {
-                    store = bootstrap => store.with_context(|| {
-                        format!("[kv] upstream = \"{upstream}\": cannot open or bootstrap the replica in {}", dir.display())
-                    })?,
+                    store = bootstrap => store.with_context(failed)?,
                     () = stop_requested(stopped.clone()) => return Ok(()),
                 };
                 let follower = tokio::spawn(quicksilver_kv::follow(
