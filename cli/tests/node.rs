@@ -147,7 +147,7 @@ fn one_node_answers_dns_kv_counters_and_admin_then_exits_0_on_sigterm() {
 }
 
 #[test]
-fn a_replica_node_reads_the_roots_writes_and_counters_converge_to_the_sum() {
+fn replica_and_relayed_leaf_nodes_read_the_roots_writes_and_counters_converge_to_the_sum() {
     let dir = tempfile::tempdir().unwrap();
     let first_config = dir.path().join("first.toml");
     std::fs::write(
@@ -174,7 +174,10 @@ fn a_replica_node_reads_the_roots_writes_and_counters_converge_to_the_sum() {
                 "node_id = \"edge-2\"\npeers = [\"{}\"]\n",
                 first.address("counters gossip")
             ),
-            &format!("upstream = \"{}\"\n", first.address("kv replication")),
+            &format!(
+                "upstream = \"{}\"\nrepl_listen = \"127.0.0.1:0\"\n",
+                first.address("kv replication")
+            ),
         ) + "[dns]\nenabled = false\n",
     )
     .unwrap();
@@ -192,6 +195,20 @@ fn a_replica_node_reads_the_roots_writes_and_counters_converge_to_the_sum() {
     let put = edgekit(&["kv", "put", "limits/rps", "250", "--node", &first_kv]);
     assert!(put.status.success(), "{put:?}");
     eventually_prints(&["kv", "get", "limits/rps", "--node", &second_kv], "250");
+    // The second node is a relay too: a leaf behind it gets the root's writes.
+    let leaf_config = dir.path().join("leaf.toml");
+    std::fs::write(
+        &leaf_config,
+        port_zero_config(
+            &dir.path().join("leaf"),
+            "enabled = false\n",
+            &format!("upstream = \"{}\"\n", second.address("kv replication")),
+        ) + "[dns]\nenabled = false\n",
+    )
+    .unwrap();
+    let leaf = NodeProcess::start(dir.path(), &["--config", leaf_config.to_str().unwrap()]);
+    let leaf_kv = leaf.address("kv api").to_string();
+    eventually_prints(&["kv", "get", "limits/rps", "--node", &leaf_kv], "250");
     // The replica refuses writes and points at the root.
     let refused = edgekit(&["kv", "put", "x", "y", "--node", &second_kv]);
     assert!(!refused.status.success());
