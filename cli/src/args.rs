@@ -14,10 +14,8 @@ use crate::cmd;
     propagate_version = true,
     max_term_width = 100
 )]
-#[command(
-    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 subcommand not built yet.\n\
-Logging: RUST_LOG=<filter> overrides -v/-q; logs go to stderr."
-)]
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 bad usage.\n\
+Logging: RUST_LOG=<filter> overrides -v/-q; logs go to stderr.")]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: GlobalOpts,

@@ -6,16 +6,6 @@ use std::{io, process::ExitCode};
 
 /// Something failed at run time: a network error, a bad config, a failed resolution.
 pub(crate) const FAILURE: u8 = 1;
-/// The subcommand exists in the interface but its implementation has not landed yet.
-pub(crate) const NOT_BUILT: u8 = 3;
-
-/// An error that carries its own exit code. Anything else exits with [`FAILURE`].
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CliError {
-    /// The subcommand is part of the planned interface but not implemented yet.
-    #[error("`edgekit {command}` is not built yet (tracked in issue #{issue}); nothing was done")]
-    NotBuilt { command: &'static str, issue: u32 },
-}
 
 /// Print `err` (with its causes) to stderr and choose the exit code.
 ///
@@ -25,11 +15,7 @@ pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("edgekit: {err:#}");
-    let code = match err.downcast_ref::<CliError>() {
-        Some(CliError::NotBuilt { .. }) => NOT_BUILT,
-        None => FAILURE,
-    };
-    ExitCode::from(code)
+    ExitCode::from(FAILURE)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -68,19 +68,3 @@ fn closed_stdout_is_not_an_error() {
         "closed stdout made edgekit panic: {stderr}"
     );
 }
-
-/// Subcommands whose implementation has not landed. Each issue that builds one removes it here;
-/// until then it must fail loudly rather than pretend.
-const NOT_BUILT_YET: &[&[&str]] = &[&["node"]];
-
-#[test]
-fn unbuilt_subcommands_say_so_and_exit_3() {
-    for args in NOT_BUILT_YET {
-        edgekit()
-            .args(*args)
-            .assert()
-            .code(3)
-            .stdout(predicate::str::is_empty())
-            .stderr(predicate::str::contains("is not built yet"));
-    }
-}

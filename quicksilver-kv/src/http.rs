@@ -519,10 +519,30 @@ async fn snapshot(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = state.store.stats();
-    let reader = state.store.reader().clone();
-    let head = blocking(move || reader.head()).await?;
-    let m = &state.metrics;
+    let text = render_metrics(&state.metrics, &state.store, &state.role).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// What `GET /metrics` serves for a node over `store` in `role` (OpenMetrics text, ending in
+/// `# EOF`), for a process that merges several services into one metrics endpoint.
+pub async fn encode_metrics(store: &Store, role: &Role) -> Result<String, Error> {
+    // Counters are brought up to the store's totals, so fresh ones read the same as old ones.
+    render_metrics(&Metrics::new(), store, role).await
+}
+
+async fn render_metrics(m: &Metrics, store: &Store, role: &Role) -> Result<String, Error> {
+    let stats = store.stats();
+    let reader = store.reader().clone();
+    let head = tokio::task::spawn_blocking(move || reader.head())
+        .await
+        .map_err(|_| Error::Closed)??;
     // Counters only move forward: add what happened since the last scrape.
     for (counter, now) in [
         (&m.batches, stats.batches),
@@ -536,7 +556,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     m.head.set(i64::try_from(head.seq).unwrap_or(i64::MAX));
     m.log_bytes
         .set(i64::try_from(head.log_bytes).unwrap_or(i64::MAX));
-    if let Role::Replica { status, .. } = &state.role {
+    if let Role::Replica { status, .. } = role {
         let lag = status.upstream_head().saturating_sub(head.seq);
         m.lag_entries.set(i64::try_from(lag).unwrap_or(i64::MAX));
         let received = status.received_bytes();
@@ -544,18 +564,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             .inc_by(received.saturating_sub(m.received_bytes.get()));
     }
     let mut text = String::new();
-    encode(&mut text, &m.registry).map_err(|_| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "metrics encoding failed".into(),
-        )
-    })?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    encode(&mut text, &m.registry).map_err(|_| io::Error::other("metrics encoding failed"))?;
+    Ok(text)
 }

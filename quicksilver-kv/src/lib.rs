@@ -71,7 +71,7 @@ pub use error::Error;
 pub use frame::{
     Frame, FrameError, HELLO_MAGIC, MAX_FRAME_LEN, check_frame_len, decode_frame, parse_frame,
 };
-pub use http::{MAX_SCAN_LIMIT, Role, SEQ_HEADER, router, serve};
+pub use http::{MAX_SCAN_LIMIT, Role, SEQ_HEADER, encode_metrics, router, serve};
 pub use reader::{CachedReader, Head, LogRecord, ReadView, Reader, ScanPage, Verified, Versioned};
 pub use repl::{
     PROTOCOL_VERSION, ReplTls, ReplicaStatus, RootApi, follow, open_or_bootstrap, serve_replication,

@@ -20,8 +20,3 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args, &cli.global),
     }
 }
-
-/// The error a planned-but-unbuilt subcommand returns, so it never pretends to work.
-pub(crate) fn not_built(command: &'static str, issue: u32) -> anyhow::Error {
-    crate::exit::CliError::NotBuilt { command, issue }.into()
-}

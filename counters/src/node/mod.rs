@@ -456,6 +456,16 @@ impl CounterNode {
         self.shared.retire(node).await
     }
 
+    /// Append what `GET /metrics` serves (OpenMetrics text, ending in `# EOF`) to `out`, for a
+    /// process that merges several services into one metrics endpoint.
+    pub fn encode_metrics(&self, out: &mut String) -> std::fmt::Result {
+        let metrics = &self.shared.metrics;
+        metrics
+            .keys
+            .set(i64::try_from(self.shared.counters.len()).unwrap_or(i64::MAX));
+        prometheus_client::encoding::text::encode(out, &metrics.registry)
+    }
+
     /// Every configured peer's link state.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.shared.peer_statuses()

@@ -279,6 +279,12 @@ impl DnsServer {
         Ok(needs_restart)
     }
 
+    /// Append what `GET /metrics` serves (OpenMetrics text, ending in `# EOF`) to `out`, for a
+    /// process that merges several services into one metrics endpoint.
+    pub fn encode_metrics(&self, out: &mut String) -> std::fmt::Result {
+        prometheus_client::encoding::text::encode(out, &self.core.registry)
+    }
+
     /// Where `GET /metrics` is served, when `metrics_listen` is set.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics_address
