@@ -10,6 +10,7 @@ use std::{
 };
 
 use assert_cmd::Command as AssertCommand;
+use edgekit_testkit::TestCa;
 use predicates::prelude::*;
 use serde_json::{Value, json};
 
@@ -939,62 +940,19 @@ fn a_relay_behind_a_flaky_link_converges_with_every_acknowledged_write() {
     drop(proxy);
 }
 
-/// A test CA: its parameters and key sign node certificates.
-struct TestCa {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    pem: String,
-}
-
-fn test_ca(name: &str) -> TestCa {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    TestCa { params, key, pem }
-}
-
-/// Write `ca.pem`, `NAME.pem` and `NAME.key` (a certificate for 127.0.0.1 signed by `ca`)
-/// into `dir`; returns the `--tls-*` arguments.
-fn tls_args(dir: &Path, ca: &TestCa, name: &str) -> Vec<String> {
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (cert_path, key_path, ca_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}-ca.pem")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    std::fs::write(&ca_path, &ca.pem).unwrap();
-    [
-        ("--tls-cert", cert_path),
-        ("--tls-key", key_path),
-        ("--tls-ca", ca_path),
-    ]
-    .into_iter()
-    .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])
-    .collect()
-}
-
 #[test]
 fn replication_over_mutual_tls_and_a_certificate_from_another_ca_is_refused() {
     let certs = tempfile::tempdir().unwrap();
-    let (cluster_ca, other_ca) = (test_ca("cluster CA"), test_ca("some other CA"));
+    let (cluster_ca, other_ca) = (TestCa::new("cluster CA"), TestCa::new("some other CA"));
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut root_args = vec!["--repl-listen".to_owned(), "127.0.0.1:0".to_owned()];
-    root_args.extend(tls_args(certs.path(), &cluster_ca, "root"));
+    root_args.extend(cluster_ca.issue(certs.path(), "root").cli_args());
     let root_args: Vec<&str> = root_args.iter().map(String::as_str).collect();
     let root = start_node(dirs[0].path(), &root_args);
     let root_repl = root.repl.unwrap().to_string();
     let replica_args = |ca: &TestCa, name: &str| {
         let mut args = vec!["--upstream".to_owned(), root_repl.clone()];
-        args.extend(tls_args(certs.path(), ca, name));
+        args.extend(ca.issue(certs.path(), name).cli_args());
         args
     };
     let good = replica_args(&cluster_ca, "replica");

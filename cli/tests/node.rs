@@ -5,14 +5,14 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::Path,
 };
 
 use common::{
     NodeProcess, dns_section, edgekit, eventually_prints, http_get, port_zero_config, resolve_a,
 };
-use edgekit_testkit::dns::example_test_hierarchy;
+use edgekit_testkit::{TestCa, TlsFiles, dns::example_test_hierarchy};
 
 /// The in-process hierarchy (root, `test.`, `example.test.`) and its hints file in `dir`.
 fn hierarchy(
@@ -322,6 +322,28 @@ fn bad_configs_fail_at_start_naming_the_key_and_touch_no_data() {
             ),
             "counters.data_dir",
         ),
+        (
+            format!(
+                "data_dir = \"{}\"\n[counters]\ntls_cert = \"{}\"\n",
+                fresh.display(),
+                not_a_dir.display()
+            ),
+            "[counters] tls_cert, tls_key and tls_ca go together",
+        ),
+        (
+            format!(
+                "data_dir = \"{}\"\n[counters]\nlisten = \"0.0.0.0:0\"\n",
+                fresh.display()
+            ),
+            "[counters] listen = \"0.0.0.0:0\": gossip in clear text",
+        ),
+        (
+            format!(
+                "data_dir = \"{}\"\n[counters]\nfsync_every_ms = 0\n",
+                fresh.display()
+            ),
+            "[counters] fsync_every_ms = 0",
+        ),
     ];
     let before = snapshot(dir.path());
     for (index, (text, named)) in cases.iter().enumerate() {
@@ -441,37 +463,10 @@ fn the_embedded_defaults_start_a_healthy_node_in_the_current_directory() {
     assert_eq!(node.terminate().code(), Some(0));
 }
 
-/// `ca.pem`, `NAME.pem` and `NAME.key` (a certificate for 127.0.0.1 that `ca` signed) in `dir`,
-/// as the `[kv]` TLS keys.
-fn tls_keys(dir: &Path, ca: &(rcgen::CertificateParams, rcgen::KeyPair), name: &str) -> String {
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params
-        .signed_by(&key, &rcgen::Issuer::from_params(&ca.0, &ca.1))
-        .unwrap();
-    let ca_pem = ca.0.clone().self_signed(&ca.1).unwrap().pem();
-    let paths = [
-        (dir.join(format!("{name}.pem")), cert.pem()),
-        (dir.join(format!("{name}.key")), key.serialize_pem()),
-        (dir.join(format!("{name}-ca.pem")), ca_pem),
-    ];
-    for (path, text) in &paths {
-        std::fs::write(path, text).unwrap();
-    }
-    format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
-        paths[0].0.display(),
-        paths[1].0.display(),
-        paths[2].0.display()
-    )
-}
-
 #[test]
 fn a_replica_node_follows_its_root_over_mutual_tls_set_in_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = (ca_params, rcgen::KeyPair::generate().unwrap());
+    let ca = TestCa::new("fleet CA");
     let root_config = dir.path().join("root.toml");
     std::fs::write(
         &root_config,
@@ -480,7 +475,7 @@ fn a_replica_node_follows_its_root_over_mutual_tls_set_in_the_config() {
             "",
             &format!(
                 "repl_listen = \"127.0.0.1:0\"\n{}",
-                tls_keys(dir.path(), &ca, "root")
+                ca.issue(dir.path(), "root").toml_keys()
             ),
         ) + "[dns]\nenabled = false\n",
     )
@@ -502,7 +497,7 @@ fn a_replica_node_follows_its_root_over_mutual_tls_set_in_the_config() {
             &format!(
                 "upstream = \"{}\"\n{}",
                 root.address("kv replication"),
-                tls_keys(dir.path(), &ca, "replica")
+                ca.issue(dir.path(), "replica").toml_keys()
             ),
         ) + "[dns]\nenabled = false\n",
     )
@@ -518,6 +513,58 @@ fn a_replica_node_follows_its_root_over_mutual_tls_set_in_the_config() {
         ],
         "yes",
     );
+}
+
+#[test]
+fn counter_nodes_gossip_over_mutual_tls_set_in_the_config_and_refuse_an_impostor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, other) = (TestCa::new("fleet CA"), TestCa::new("some other CA"));
+    let start = |name: &str, peer: Option<SocketAddr>, tls: TlsFiles| {
+        let config = dir.path().join(format!("{name}.toml"));
+        let peers = peer.map_or(String::new(), |peer| format!("peers = [\"{peer}\"]\n"));
+        let counters = format!(
+            "node_id = \"{name}\"\nfsync_every_ms = 50\n{peers}{}",
+            tls.toml_keys()
+        );
+        std::fs::write(
+            &config,
+            port_zero_config(&dir.path().join(name), &counters, "enabled = false\n")
+                + "[dns]\nenabled = false\n",
+        )
+        .unwrap();
+        NodeProcess::start(dir.path(), &["--config", config.to_str().unwrap()])
+    };
+    let first = start("first", None, fleet.issue(dir.path(), "first"));
+    let gossip = first.address("counters gossip");
+    let second = start("second", Some(gossip), fleet.issue(dir.path(), "second"));
+    // Signed by another CA, though it trusts the fleet's: the fleet must not take its state.
+    let impostor = start(
+        "impostor",
+        Some(gossip),
+        other.issue_trusting(dir.path(), "impostor", &fleet),
+    );
+    let incr = |node: &NodeProcess, by: &str| {
+        let http = node.address("counters http").to_string();
+        let output = edgekit(&["counters", "incr", "hits", "--by", by, "--node", &http]);
+        assert!(output.status.success(), "{output:?}");
+    };
+    incr(&impostor, "100");
+    for _ in 0..3 {
+        incr(&first, "2");
+    }
+    incr(&second, "5");
+    for node in [&first, &second] {
+        let http = node.address("counters http").to_string();
+        eventually_prints(&["counters", "get", "hits", "--node", &http], "11");
+    }
+    // Ten gossip intervals later the impostor's increment is still nowhere in the fleet, and
+    // the fleet's are not in the impostor.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for (node, expected) in [(&first, "11"), (&second, "11"), (&impostor, "100")] {
+        let http = node.address("counters http").to_string();
+        let output = edgekit(&["counters", "get", "hits", "--node", &http]);
+        assert_eq!(stdout(&output).trim(), expected, "{output:?}");
+    }
 }
 
 #[test]

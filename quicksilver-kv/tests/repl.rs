@@ -11,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use edgekit_testkit::TestCa;
 use quicksilver_kv::{
-    Batch, Durability, ReplicaStatus, Retention, RootApi, Store, StoreConfig, follow,
+    Batch, Durability, ReplTls, ReplicaStatus, Retention, RootApi, Store, StoreConfig, follow,
     open_or_bootstrap, serve_replication,
 };
 
@@ -175,43 +176,17 @@ async fn a_replica_truncated_from_the_log_rebootstraps_in_place_and_stays_readab
     follower.abort();
 }
 
-/// Write a CA-signed certificate for 127.0.0.1 and the CA into `dir`; returns the TLS config.
-fn node_tls(
-    dir: &std::path::Path,
-    name: &str,
-    own_ca: &(rcgen::CertificateParams, rcgen::KeyPair),
-    trusted_ca_pem: &str,
-) -> quicksilver_kv::ReplTls {
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let issuer = rcgen::Issuer::from_params(&own_ca.0, &own_ca.1);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let paths = [
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}-ca.pem")),
-    ];
-    std::fs::write(&paths[0], cert.pem()).unwrap();
-    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
-    std::fs::write(&paths[2], trusted_ca_pem).unwrap();
-    quicksilver_kv::ReplTls::from_pem_files(&paths[0], &paths[1], &paths[2]).unwrap()
-}
-
-fn ca() -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let pem = params.self_signed(&key).unwrap().pem();
-    (params, key, pem)
+/// The replication TLS config of a node `ca` signed, trusting `trusted` for its peers.
+fn node_tls(dir: &std::path::Path, name: &str, ca: &TestCa, trusted: &TestCa) -> ReplTls {
+    let files = ca.issue_trusting(dir, name, trusted);
+    ReplTls::from_pem_files(&files.cert, &files.key, &files.ca).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_an_upstream_whose_certificate_another_ca_signed() {
     let certs = tempfile::tempdir().unwrap();
-    let (cluster, other) = (ca(), ca());
-    let cluster_ca = (cluster.0, cluster.1);
-    let other_ca = (other.0, other.1);
-    let replica_tls = node_tls(certs.path(), "replica", &cluster_ca, &cluster.2);
+    let (cluster_ca, other_ca) = (TestCa::new("cluster CA"), TestCa::new("some other CA"));
+    let replica_tls = node_tls(certs.path(), "replica", &cluster_ca, &cluster_ca);
     for (name, upstream_ca, should_sync) in [
         ("genuine", &cluster_ca, true),
         ("impostor", &other_ca, false),
@@ -221,7 +196,7 @@ async fn a_replica_refuses_an_upstream_whose_certificate_another_ca_signed() {
         root.write_async(Batch::new().put("k", "v")).await.unwrap();
         // The upstream trusts the cluster CA for clients either way; only its own certificate
         // differs.
-        let root_tls = node_tls(certs.path(), name, upstream_ca, &cluster.2);
+        let root_tls = node_tls(certs.path(), name, upstream_ca, &cluster_ca);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
         tokio::spawn(serve_replication(

@@ -320,6 +320,9 @@ fn answer_batch(
             }
             Fast::Drop => {}
             Fast::Miss(query, max_len) => {
+                // The miss may be answered before this batch ends; its query must already be
+                // counted by then, as the comment on the flush below promises.
+                core.flush(tally);
                 core.spawn_udp_miss(socket, query, max_len, peer, in_flight);
             }
         }

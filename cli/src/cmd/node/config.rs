@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use edgekit_counters::{CounterNodeConfig, NodeId};
+use edgekit_counters::{CounterNodeConfig, Durability as CounterDurability, NodeId, NodeTls};
 use edgekit_dns::{ResolverConfig, ServerConfig};
 use quicksilver_kv::{Durability, Retention, StoreConfig};
 use serde::Deserialize;
@@ -99,6 +99,12 @@ pub(crate) struct CountersSection {
     pub(crate) interval_ms: u64,
     /// Accept gossip on a non-loopback address without TLS.
     pub(crate) insecure: bool,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Acknowledge increments once written and fsync the journal this often, instead of
+    /// fsyncing before every acknowledgement.
+    pub(crate) fsync_every_ms: Option<u64>,
     /// Overrides `<data_dir>/counters`.
     pub(crate) data_dir: Option<PathBuf>,
 }
@@ -113,6 +119,10 @@ impl Default for CountersSection {
             peers: Vec::new(),
             interval_ms: 1000,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            fsync_every_ms: None,
             data_dir: None,
         }
     }
@@ -266,14 +276,24 @@ impl NodeConfig {
             self.dns.server.validate().context("in [dns.server]")?;
         }
         if self.counters.enabled {
+            let section = &self.counters;
+            let tls_given = check_tls_files(
+                "counters",
+                [&section.tls_cert, &section.tls_key, &section.tls_ca],
+            )?;
+            if let Some(every) = section.fsync_every_ms
+                && !(1..=3_600_000).contains(&every)
+            {
+                bail!("[counters] fsync_every_ms = {every}: must be between 1 and 3600000");
+            }
             self.counter_node_config()?
                 .validate()
                 .context("in [counters]")?;
-            if !self.counters.listen.ip().is_loopback() && !self.counters.insecure {
+            if !section.listen.ip().is_loopback() && !tls_given && !section.insecure {
                 bail!(
-                    "[counters] listen = \"{}\": gossip has no TLS yet, so a non-loopback \
-                     address needs insecure = true (unauthenticated links)",
-                    self.counters.listen
+                    "[counters] listen = \"{}\": gossip in clear text on a non-loopback address \
+                     needs tls_cert, tls_key and tls_ca, or insecure = true",
+                    section.listen
                 );
             }
         }
@@ -283,21 +303,11 @@ impl NodeConfig {
                 bail!("[kv] retain_entries = 0: must be at least 1");
             }
             self.store_config().validate().context("in [kv]")?;
-            let tls = [&self.kv.tls_cert, &self.kv.tls_key, &self.kv.tls_ca];
-            let given = tls.iter().filter(|path| path.is_some()).count();
-            if given != 0 && given != 3 {
-                bail!("[kv] tls_cert, tls_key and tls_ca go together: give all three or none");
-            }
-            for (key, path) in ["tls_cert", "tls_key", "tls_ca"].into_iter().zip(tls) {
-                if let Some(path) = path {
-                    std::fs::metadata(path).with_context(|| {
-                        format!("[kv] {key} = \"{}\": cannot read it", path.display())
-                    })?;
-                }
-            }
+            let tls_given =
+                check_tls_files("kv", [&self.kv.tls_cert, &self.kv.tls_key, &self.kv.tls_ca])?;
             if let Some(addr) = self.kv.repl_listen
                 && !addr.ip().is_loopback()
-                && given == 0
+                && !tls_given
                 && !self.kv.insecure
             {
                 bail!(
@@ -395,6 +405,17 @@ impl NodeConfig {
         config.peers.clone_from(&section.peers);
         config.http = Some(section.http);
         config.interval = Duration::from_millis(section.interval_ms);
+        if let Some(every) = section.fsync_every_ms {
+            config.durability = CounterDurability::FsyncEvery(Duration::from_millis(every));
+        }
+        if let (Some(cert), Some(key), Some(ca)) =
+            (&section.tls_cert, &section.tls_key, &section.tls_ca)
+        {
+            config.tls = Some(
+                NodeTls::from_pem_files(cert, key, ca)
+                    .context("[counters] tls_cert, tls_key, tls_ca: cannot set up mutual TLS")?,
+            );
+        }
         Ok(config)
     }
 
@@ -459,6 +480,23 @@ fn check_data_dir(key: &str, dir: &Path) -> anyhow::Result<()> {
         }
         Err(err) => bail!("{}: cannot read it: {err}", shown()),
     }
+}
+
+/// The three TLS keys of `[section]` go together and must be readable; returns whether they are
+/// given.
+fn check_tls_files(section: &str, paths: [&Option<PathBuf>; 3]) -> anyhow::Result<bool> {
+    let given = paths.iter().filter(|path| path.is_some()).count();
+    if given != 0 && given != 3 {
+        bail!("[{section}] tls_cert, tls_key and tls_ca go together: give all three or none");
+    }
+    for (key, path) in ["tls_cert", "tls_key", "tls_ca"].into_iter().zip(paths) {
+        if let Some(path) = path {
+            std::fs::metadata(path).with_context(|| {
+                format!("[{section}] {key} = \"{}\": cannot read it", path.display())
+            })?;
+        }
+    }
+    Ok(given == 3)
 }
 
 #[cfg(test)]
