@@ -7,11 +7,20 @@
 #   cold:   the query file (distinct names) once, from a fresh process: wall time and the upstream
 #           queries NSD counted (nsd-control stats_noreset num.queries);
 #   cached: ROUNDS alternating runs of dnsperf and `edgekit bench dns` on the now-warm cache.
-# Prints the medians, p99s (edgekit bench dns; dnsperf prints no percentiles) and the ratios.
+#   agreement: (AGREE=1, the default on 2+ CPUs) each server's threads moved to CPU 0 and the
+#           generators run on CPU 1, ROUNDS alternating runs of dnsperf and `edgekit bench dns`:
+#           with the server the bottleneck, both generators must read the same qps (within
+#           10%). The unpinned cached runs above are the server comparison, but there the
+#           generator shares the servers' two cores, so the two generators' figures differ by
+#           how much CPU each leaves to the server (docs/benchmarks.md, session 3).
+# Prints the medians, p99s (edgekit bench dns; dnsperf prints no percentiles) and the ratios,
+# and for every cached run the share of a core the server used, per server thread (how the
+# kernel's SO_REUSEPORT hash spread the generator's sockets over the server's).
 # Needs root for port 53. Runs by itself on a fresh machine (not in CI).
 #
 # Environment: ROUNDS (3), DURATION seconds per cached run (10), CONCURRENCY outstanding (64),
-# SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release).
+# SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release),
+# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +32,10 @@ THREADS=${THREADS:-2}
 NET=127.0.54
 UNBOUND_ADDR=$NET.10
 EDGEKIT_ADDR=$NET.11
+if [[ -z ${AGREE:-} ]]; then
+    AGREE=0; (($(nproc) >= 2)) && AGREE=1
+fi
+CLK_TCK=$(getconf CLK_TCK)
 
 need=()
 command -v dnsperf >/dev/null || need+=(dnsperf)
@@ -194,38 +207,102 @@ cold() {
     cold_lost[$1]=$(json_field '["lost"]' <"$work/cold-$1.json")
 }
 
-declare -A cold_wall cold_upstream cold_lost
+declare -A cold_wall cold_upstream cold_lost server_pid
 "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
 pids+=($!)
+server_pid[unbound]=$!
 "$EDGEKIT" -q dns serve --listen "$EDGEKIT_ADDR:53" --threads "$THREADS" \
     --root-hints "$work/root.hints" --allow-loopback 2>"$work/edgekit.log" &
 pids+=($!)
+server_pid[edgekit]=$!
 wait_answering "$UNBOUND_ADDR"
 wait_answering "$EDGEKIT_ADDR"
 cold unbound "$UNBOUND_ADDR"
 cold edgekit "$EDGEKIT_ADDR"
 
-declare -A perf_qps bench_qps bench_p99
+# Per-thread CPU ticks (user + system) of a process: "tid ticks" lines.
+thread_ticks() {
+    local stat
+    for stat in /proc/"$1"/task/*/stat; do
+        awk '{print $1, $14 + $15}' "$stat" 2>/dev/null || true
+    done
+}
+# From two thread_ticks snapshots and the generator's run time (first send to last reply): the
+# server's total share of a core, then each busy thread's share, e.g. "112% (61+51)".
+server_busy() { # before-file after-file run-seconds
+    awk -v w="$3" -v hz="$CLK_TCK" '
+        NR == FNR {before[$1] = $2; next}
+        {d = ($2 - before[$1]) / hz / w * 100; total += d; if (d >= 2) parts = parts sep sprintf("%.0f", d); if (d >= 2) sep = "+"}
+        END {printf "%.0f%% (%s)", total, parts}' "$1" "$2"
+}
+# measure SERVER ADDR TOOL [taskset prefix...]: one run of one generator; sets run_qps, run_p99,
+# run_lost, run_server (the server's CPU during the run) and run_generator (the generator's own
+# CPU: user + system over its elapsed time, from /usr/bin/time; near 100% of its one core when
+# pinned, it measures itself rather than the server).
+measure() {
+    local server=$1 addr=$2 tool=$3 out runtime
+    shift 3
+    thread_ticks "${server_pid[$server]}" >"$work/ticks-before"
+    if [[ $tool == dnsperf ]]; then
+        out=$(/usr/bin/time -f '%U %S %e' -o "$work/generator-cpu" \
+            "$@" dnsperf -s "$addr" -p 53 -d "$work/queries.txt" -l "$DURATION" \
+            -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
+        run_qps=$(sed -n 's/^ *Queries per second: *\([0-9.]*\).*/\1/p' <<<"$out")
+        run_lost=$(sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' <<<"$out")
+        runtime=$(sed -n 's/^ *Run time (s): *\([0-9.]*\).*/\1/p' <<<"$out")
+        run_p99=""
+    else
+        /usr/bin/time -f '%U %S %e' -o "$work/generator-cpu" \
+            "$@" "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" \
+            --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" \
+            --json >"$work/bench.json"
+        run_qps=$(json_field '["qps"]' <"$work/bench.json")
+        run_p99=$(json_field '["latency_ms"]["p99"]' <"$work/bench.json")
+        run_lost=$(json_field '["lost"]' <"$work/bench.json")
+        runtime=$(json_field '["elapsed_seconds"]' <"$work/bench.json")
+    fi
+    thread_ticks "${server_pid[$server]}" >"$work/ticks-after"
+    run_server=$(server_busy "$work/ticks-before" "$work/ticks-after" "$runtime")
+    run_generator=$(awk '{printf "%.0f%%", ($1 + $2) / $3 * 100}' "$work/generator-cpu")
+}
+
+declare -A perf_qps bench_qps bench_p99 agree_perf agree_bench agree_perf_busy agree_bench_busy
+declare -A agree_perf_generator agree_bench_generator
 for round in $(seq 1 "$ROUNDS"); do
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
-        out=$(dnsperf -s "$addr" -p 53 -d "$work/queries.txt" -l "$DURATION" \
-            -c "$SOCKETS" -T "$SOCKETS" -q "$CONCURRENCY" -t 5)
-        qps=$(sed -n 's/^ *Queries per second: *\([0-9.]*\).*/\1/p' <<<"$out")
-        lost=$(sed -n 's/^ *Queries lost: *\([0-9]*\).*/\1/p' <<<"$out")
-        echo "round $round $server dnsperf: $qps qps, lost $lost"
-        perf_qps[$server]+="$qps "
-        "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" \
-            --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" \
-            --json >"$work/bench.json"
-        qps=$(json_field '["qps"]' <"$work/bench.json")
-        p99=$(json_field '["latency_ms"]["p99"]' <"$work/bench.json")
-        lost=$(json_field '["lost"]' <"$work/bench.json")
-        echo "round $round $server edgekit bench dns: $qps qps, p99 ${p99}ms, lost $lost"
-        bench_qps[$server]+="$qps "
-        bench_p99[$server]+="$p99 "
+        measure "$server" "$addr" dnsperf
+        echo "round $round $server dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+        perf_qps[$server]+="$run_qps "
+        measure "$server" "$addr" edgekit
+        echo "round $round $server edgekit bench dns: $run_qps qps, p99 ${run_p99}ms, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+        bench_qps[$server]+="$run_qps "
+        bench_p99[$server]+="$run_p99 "
     done
 done
+
+# The agreement check: the server (all its threads) on CPU 0, the generator on CPU 1, so the
+# server is the bottleneck and neither generator takes CPU from it.
+if [[ $AGREE == 1 ]]; then
+    all_cpus="0-$(($(nproc) - 1))"
+    for server in unbound edgekit; do
+        addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
+        taskset -a -p -c 0 "${server_pid[$server]}" >/dev/null
+        for round in $(seq 1 "$ROUNDS"); do
+            measure "$server" "$addr" dnsperf taskset -c 1
+            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+            agree_perf[$server]+="$run_qps "
+            agree_perf_busy[$server]+="${run_server%%%*} "
+            agree_perf_generator[$server]+="${run_generator%\%} "
+            measure "$server" "$addr" edgekit taskset -c 1
+            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+            agree_bench[$server]+="$run_qps "
+            agree_bench_busy[$server]+="${run_server%%%*} "
+            agree_bench_generator[$server]+="${run_generator%\%} "
+        done
+        taskset -a -p -c "$all_cpus" "${server_pid[$server]}" >/dev/null
+    done
+fi
 
 median() { printf '%s\n' $@ | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
@@ -242,4 +319,17 @@ for server in unbound edgekit; do
 done
 echo "  ratio edgekit/unbound qps: dnsperf $(ratio "$(median ${perf_qps[edgekit]})" "$(median ${perf_qps[unbound]})"), edgekit bench dns $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${bench_qps[unbound]})")"
 echo "  ratio edgekit/unbound p99: $(ratio "$(median ${bench_p99[edgekit]})" "$(median ${bench_p99[unbound]})")"
-echo "load generators, edgekit bench dns / dnsperf (target within 10%): on unbound $(ratio "$(median ${bench_qps[unbound]})" "$(median ${perf_qps[unbound]})"), on edgekit $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${perf_qps[edgekit]})")"
+echo "load generators, edgekit bench dns / dnsperf, unpinned (generator shares the servers' cores; not the agreement check): on unbound $(ratio "$(median ${bench_qps[unbound]})" "$(median ${perf_qps[unbound]})"), on edgekit $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${perf_qps[edgekit]})")"
+if [[ $AGREE == 1 ]]; then
+    echo "agreement check (server on CPU 0, generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $ROUNDS):"
+    for server in unbound edgekit; do
+        p=$(median ${agree_perf[$server]}); b=$(median ${agree_bench[$server]})
+        r=$(ratio "$b" "$p")
+        verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of its core, generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core"
+        awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" 'BEGIN {
+            if (s < 95 || t < 95)
+                print "    the server was not the bottleneck under both generators (below 95% of its core): a generator measured itself"
+        }'
+    done
+fi

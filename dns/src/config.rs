@@ -40,7 +40,9 @@ pub struct ResolverConfig {
     pub do_ip4: bool,
     /// Query upstream servers over IPv6.
     pub do_ip6: bool,
-    /// How long to wait for one upstream reply before trying another server, in milliseconds.
+    /// The longest wait for one upstream reply before trying another server, in milliseconds.
+    /// Servers with replies on record get less: their smoothed RTT plus four RTT variations,
+    /// at least 50 ms, doubled per timeout since their last reply, capped at this value.
     pub query_timeout_ms: u64,
     /// Wall-time budget of one whole resolution, nested work included, in milliseconds.
     pub resolution_timeout_ms: u64,

@@ -648,7 +648,16 @@ impl Resolver {
                 sent_name.randomize_label_case();
             }
             let remaining = work.deadline.saturating_duration_since(Instant::now());
-            let timeout = Duration::from_millis(config.query_timeout_ms).min(remaining);
+            // Wait as long as this server's measured RTT warrants (bounded by the configured
+            // query timeout), so a lost datagram to a fast server costs milliseconds, not the
+            // whole configured timeout; TCP after a truncated reply gets the configured one.
+            let max_timeout = Duration::from_millis(config.query_timeout_ms);
+            let timeout = self
+                .inner
+                .servers
+                .query_timeout(ip, max_timeout)
+                .min(remaining);
+            let tcp_timeout = max_timeout.min(remaining);
             let started = Instant::now();
             let mut fail = |work: &mut Work, outcome: StepOutcome| {
                 failures.push(format!("{server}: {outcome}"));
@@ -669,6 +678,7 @@ impl Resolver {
                 record_type,
                 config.edns_buffer_size,
                 timeout,
+                tcp_timeout,
                 &self.inner.stats,
             )
             .await;

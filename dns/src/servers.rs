@@ -1,5 +1,7 @@
 //! Choosing which authoritative server to ask: smoothed RTT per address (Unbound's infra cache),
-//! exploration of unknown servers, and backoff for dead or lame ones.
+//! exploration of unknown servers, and backoff for dead or lame ones; and how long to wait for
+//! each one's reply (its smoothed RTT plus four times the RTT variation, as RFC 6298 and
+//! Unbound's infra cache do).
 //!
 //! Also the upstream address policy: loopback, private, link-local and unspecified addresses are
 //! refused unless the configuration allows them.
@@ -19,15 +21,48 @@ const UNKNOWN_RTT_MS: f64 = 376.0;
 const SELECTION_BAND_MS: f64 = 400.0;
 /// Longest a misbehaving server is avoided.
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
+/// Shortest query timeout, however fast a server has been (Unbound's `RTT_MIN_TIMEOUT`): below
+/// this, ordinary scheduling jitter would read as a lost reply.
+const MIN_QUERY_TIMEOUT: Duration = Duration::from_millis(50);
 /// Most addresses remembered (oldest-updated forgotten first when full).
 const MAX_TRACKED_SERVERS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy)]
 struct ServerState {
+    /// Smoothed RTT for choosing servers; a failure raises it, so failing servers look slow.
     srtt_ms: f64,
+    /// RTT measured from replies only (a failure does not touch it): what query timeouts use.
+    measured: Option<RttEstimate>,
     failures: u32,
     avoid_until: Option<Instant>,
     updated: Instant,
+}
+
+/// RFC 6298's smoothed RTT and RTT variation, from real replies.
+#[derive(Debug, Clone, Copy)]
+struct RttEstimate {
+    srtt_ms: f64,
+    rttvar_ms: f64,
+}
+
+impl RttEstimate {
+    fn first(sample_ms: f64) -> Self {
+        Self {
+            srtt_ms: sample_ms,
+            rttvar_ms: sample_ms / 2.0,
+        }
+    }
+
+    fn update(self, sample_ms: f64) -> Self {
+        Self {
+            srtt_ms: 0.875 * self.srtt_ms + 0.125 * sample_ms,
+            rttvar_ms: 0.75 * self.rttvar_ms + 0.25 * (self.srtt_ms - sample_ms).abs(),
+        }
+    }
+
+    fn timeout_ms(self) -> f64 {
+        self.srtt_ms + 4.0 * self.rttvar_ms
+    }
 }
 
 /// Per-address health, shared by all resolutions.
@@ -77,6 +112,25 @@ impl ServerSelection {
         band.get(index).copied()
     }
 
+    /// How long to wait for `ip`'s reply: its smoothed RTT plus four RTT variations, at least
+    /// [`MIN_QUERY_TIMEOUT`], doubled for each failure since its last reply, and never more than
+    /// `max` (the configured query timeout). A server never heard from gets `max`: nothing is
+    /// known about how far away it is.
+    pub(crate) fn query_timeout(&self, ip: IpAddr, max: Duration) -> Duration {
+        let servers = self.servers.lock();
+        let Some(state) = servers.get(&ip) else {
+            return max;
+        };
+        let Some(measured) = state.measured else {
+            return max;
+        };
+        let doublings = state.failures.min(16);
+        let timeout_ms = measured.timeout_ms() * f64::from(1u32 << doublings);
+        // Bounded above by `max` before converting, so the f64 is finite and in range.
+        let timeout = Duration::from_secs_f64((timeout_ms / 1000.0).min(max.as_secs_f64()));
+        timeout.max(MIN_QUERY_TIMEOUT).min(max)
+    }
+
     /// A reply arrived after `rtt`: fold it into the smoothed RTT (RFC 6298 weights) and clear
     /// any backoff.
     pub(crate) fn record_reply(&self, ip: IpAddr, rtt: Duration) {
@@ -87,6 +141,10 @@ impl ServerSelection {
             } else {
                 0.875 * state.srtt_ms + 0.125 * sample
             };
+            state.measured = Some(match state.measured {
+                Some(estimate) => estimate.update(sample),
+                None => RttEstimate::first(sample),
+            });
             state.failures = 0;
             state.avoid_until = None;
         });
@@ -118,6 +176,7 @@ impl ServerSelection {
         }
         let state = servers.entry(ip).or_insert(ServerState {
             srtt_ms: UNKNOWN_RTT_MS,
+            measured: None,
             failures: 0,
             avoid_until: None,
             updated: now,
@@ -224,5 +283,37 @@ mod tests {
         }
         // When every candidate is backed off, one is still probed rather than giving up.
         assert_eq!(selection.choose(&[dead]), Some(dead));
+    }
+
+    #[test]
+    fn query_timeout_follows_the_measured_rtt_within_bounds() {
+        let selection = ServerSelection::default();
+        let max = Duration::from_millis(1_500);
+        let server = ip("192.0.2.7");
+        // Never heard from: the configured maximum.
+        assert_eq!(selection.query_timeout(server, max), max);
+        // One 10 ms reply: 10 + 4 * 5 = 30 ms, raised to the 50 ms floor.
+        selection.record_reply(server, Duration::from_millis(10));
+        assert_eq!(selection.query_timeout(server, max), MIN_QUERY_TIMEOUT);
+        // A 200 ms reply: srtt 33.75, rttvar 51.25, so 238.75 ms.
+        selection.record_reply(server, Duration::from_millis(200));
+        let timeout = selection.query_timeout(server, max).as_secs_f64() * 1000.0;
+        assert!((timeout - 238.75).abs() < 0.01, "{timeout}");
+        // Each failure doubles it, up to the maximum.
+        selection.record_failure(server, Duration::from_millis(239));
+        let doubled = selection.query_timeout(server, max).as_secs_f64() * 1000.0;
+        assert!((doubled - 477.5).abs() < 0.01, "{doubled}");
+        for _ in 0..5 {
+            selection.record_failure(server, max);
+        }
+        assert_eq!(selection.query_timeout(server, max), max);
+        // A reply ends the doubling and the estimate keeps its history.
+        selection.record_reply(server, Duration::from_millis(30));
+        let after = selection.query_timeout(server, max);
+        assert!(after < Duration::from_millis(300), "{after:?}");
+        // A failure does not make a server never heard from look measured.
+        let silent = ip("192.0.2.8");
+        selection.record_failure(silent, max);
+        assert_eq!(selection.query_timeout(silent, max), max);
     }
 }

@@ -40,13 +40,16 @@ pub(crate) enum ExchangeError {
     Wire(#[from] wire::WireError),
 }
 
-/// Ask `server` for `name`/`record_type` once (UDP, then TCP if the reply is truncated).
+/// Ask `server` for `name`/`record_type` once (UDP, then TCP if the reply is truncated). The UDP
+/// attempt waits `timeout`; the TCP one `tcp_timeout`, since it needs a handshake round trip
+/// more than the UDP exchange that sized `timeout`.
 pub(crate) async fn exchange(
     server: SocketAddr,
     name: &Name,
     record_type: RecordType,
     edns_buffer_size: u16,
     timeout: Duration,
+    tcp_timeout: Duration,
     stats: &Stats,
 ) -> Result<Exchange, ExchangeError> {
     let started = Instant::now();
@@ -62,7 +65,7 @@ pub(crate) async fn exchange(
     }
     stats.add_tcp_retry();
     // The TCP attempt gets its own full timeout: the UDP part proved the server is alive.
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + tcp_timeout;
     let message =
         tcp_exchange(server, name, record_type, edns_buffer_size, deadline, stats).await?;
     Ok(Exchange {
@@ -197,6 +200,7 @@ mod tests {
                 RecordType::A,
                 1232,
                 Duration::from_secs(2),
+                Duration::from_secs(2),
                 &stats,
             )
             .await
@@ -237,6 +241,7 @@ mod tests {
             &name,
             RecordType::A,
             1232,
+            Duration::from_millis(300),
             Duration::from_millis(300),
             &stats,
         )

@@ -34,7 +34,7 @@ pub(crate) struct BenchDnsArgs {
     /// Stop after this many queries. Without --count or --duration: each query in the file once.
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
-    /// Queries kept outstanding at once.
+    /// Queries kept outstanding at once, in total over all sockets (dnsperf's -q).
     #[arg(long, value_name = "N", default_value_t = 64, conflicts_with = "rate")]
     pub(crate) concurrency: usize,
     /// Send at a fixed rate instead of a fixed concurrency.
@@ -49,10 +49,13 @@ pub(crate) struct BenchDnsArgs {
     /// Write a latency-percentile chart (SVG).
     #[arg(long, value_name = "FILE")]
     pub(crate) plot: Option<PathBuf>,
-    /// A query without a reply within this long counts as lost.
+    /// A query without a reply within this long counts as lost (dnsperf's -t).
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub(crate) timeout: humantime::Duration,
-    /// UDP sockets (or TCP connections) to spread the queries over.
+    /// UDP sockets (or TCP connections) to spread the queries over, each with its own thread and
+    /// an equal share of --concurrency: the same load as dnsperf -c N -T N. On a small machine,
+    /// pin the server and this generator to different cores (taskset) when comparing servers,
+    /// or the generator's own CPU use decides the result.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) sockets: usize,
 }

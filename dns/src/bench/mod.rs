@@ -90,7 +90,10 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    /// A config with dnsperf's defaults: UDP, 64 outstanding, 5 s timeout, 4 sockets.
+    /// UDP, 64 queries outstanding in total over 4 sockets, 5 s timeout: the load of
+    /// `dnsperf -q 64 -c 4 -T 4 -t 5` (dnsperf's own defaults are 100 outstanding on one
+    /// socket). Each socket has its own thread and an equal share of the outstanding queries, as
+    /// dnsperf splits `-q` and `-c` over its `-T` threads.
     pub fn new(server: SocketAddr, stop: Stop) -> Self {
         Self {
             server,

@@ -47,7 +47,8 @@ pub struct Report {
     pub late_replies: u64,
     /// From the first send to the last reply, in seconds.
     pub elapsed_seconds: f64,
-    /// Answered queries per second over `elapsed_seconds`.
+    /// Answered queries per second over `elapsed_seconds`: what dnsperf prints as "Queries per
+    /// second" (completed queries from the start to the last reply). Lost queries do not count.
     pub qps: f64,
     /// Replies per response code, by name (`NOERROR`, `NXDOMAIN`, ...).
     pub rcodes: BTreeMap<String, u64>,

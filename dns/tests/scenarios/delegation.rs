@@ -112,6 +112,54 @@ async fn all_servers_dead_is_an_error_within_the_budget() {
 }
 
 #[tokio::test]
+async fn a_fast_server_that_stops_answering_times_out_after_its_rtt_not_the_maximum() {
+    let hierarchy = hierarchy().await;
+    // A 2 s configured timeout: each of the two example.test servers waited that long before.
+    let config = ResolverConfig {
+        query_timeout_ms: 2_000,
+        resolution_timeout_ms: 10_000,
+        ..config(&hierarchy)
+    };
+    let resolver = resolver_with(&hierarchy, config, Clock::system());
+    // Ask until each example.test server has answered at least once (the choice between them is
+    // random), so both have a loopback RTT on record.
+    for probe in 0..64 {
+        resolver
+            .resolve(&name(&format!("probe{probe}.example.test.")), RecordType::A)
+            .await
+            .unwrap();
+        if ["ns1.example.test.", "ns2.example.test."]
+            .iter()
+            .all(|server| !hierarchy.server(server).queries().is_empty())
+        {
+            break;
+        }
+    }
+    for server in ["ns1.example.test.", "ns2.example.test."] {
+        assert!(
+            !hierarchy.server(server).queries().is_empty(),
+            "{server} was never asked, so its RTT is unknown"
+        );
+        hierarchy.server(server).set_behaviour(Behaviour {
+            drop: true,
+            ..Behaviour::default()
+        });
+    }
+    let started = Instant::now();
+    let err = resolver
+        .resolve(&name("nothing-cached.example.test."), RecordType::A)
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(err, ResolveError::NoUsableServer { .. }), "{err}");
+    // Both servers tried, each given a loopback RTT-based timeout (tens of milliseconds), not
+    // 2 s each.
+    assert!(elapsed < Duration::from_millis(1_500), "{elapsed:?}");
+    let timeouts = resolver.stats().upstream_timeouts;
+    assert!(timeouts >= 2, "{:?}", resolver.stats());
+}
+
+#[tokio::test]
 async fn ns_cycle_ends_in_an_error_quickly() {
     let hierarchy = hierarchy().await;
     let resolver = resolver(&hierarchy);
