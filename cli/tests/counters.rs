@@ -25,6 +25,17 @@ struct Node {
 
 impl Node {
     fn start(id: &str, gossip: SocketAddr, peers: &[SocketAddr], data: &Path) -> Self {
+        Self::start_with(id, gossip, peers, data, &[])
+    }
+
+    /// As [`start`](Self::start), with more `serve` flags.
+    fn start_with(
+        id: &str,
+        gossip: SocketAddr,
+        peers: &[SocketAddr],
+        data: &Path,
+        extra: &[&str],
+    ) -> Self {
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_edgekit"));
         command
@@ -39,6 +50,7 @@ impl Node {
             .args(["--listen", &gossip.to_string(), "--interval", "200ms"])
             .arg("--data")
             .arg(data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if !peers.is_empty() {
@@ -254,6 +266,99 @@ fn kill_9_mid_burst_loses_no_acknowledged_increment_and_counts_none_twice() {
     wait_until_all_read(&[&a, &b], "burst", restarted, Duration::from_secs(10));
     assert_eq!(incr(a.http, "burst", 5), Some(restarted + 5));
     wait_until_all_read(&[&a, &b], "burst", restarted + 5, Duration::from_secs(10));
+}
+
+/// Many clients at once, so increments share journal appends (group commit in the default
+/// mode, one lock-held append each with `--fsync-every`): every answered increment is in the
+/// journal when `kill -9` strikes. The node has no peers, so its journal is the only copy.
+/// With `--fsync-every 1h` no fsync happens during the test: the written journal alone must
+/// survive the process dying.
+fn concurrent_increments_survive_kill_9_exactly(extra: &[&str]) {
+    const CLIENTS: usize = 24;
+    const PER_CLIENT: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let gossip = free_addr();
+    let mut node = Node::start_with("a", gossip, &[], dir.path(), extra);
+    let keys = ["g0", "g1", "g2"];
+    // Phase 1: every request answered, then kill -9 at once: the total is exact.
+    let sums: Vec<AtomicI64> = keys.iter().map(|_| AtomicI64::new(0)).collect();
+    std::thread::scope(|scope| {
+        for client in 0..CLIENTS {
+            let (addr, sums) = (node.http, &sums);
+            scope.spawn(move || {
+                for i in 0..PER_CLIENT {
+                    let by = [1, 2, 3, -1, 5][(i + client) % 5];
+                    let slot = (i + client) % keys.len();
+                    let value = incr(addr, keys[slot], by);
+                    assert!(
+                        value.is_some(),
+                        "increment {i} of client {client} unanswered"
+                    );
+                    sums[slot].fetch_add(by, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    node.kill9();
+    let mut node = Node::start_with("a", gossip, &[], dir.path(), extra);
+    for (key, sum) in keys.iter().zip(&sums) {
+        let expected = sum.load(Ordering::SeqCst);
+        assert_eq!(node.get(key), expected, "{key} after kill -9 ({extra:?})");
+    }
+    // Phase 2: kill -9 in the middle of a concurrent burst: every acknowledged increment is
+    // there, and at most the unanswered ones on top.
+    let before = node.get("g0");
+    let acknowledged = Arc::new(AtomicI64::new(0));
+    let unanswered = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (acknowledged, unanswered, stop) =
+                (acknowledged.clone(), unanswered.clone(), stop.clone());
+            let addr = node.http;
+            std::thread::spawn(move || {
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if incr(addr, "g0", 1).is_some() {
+                        acknowledged.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        unanswered.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while acknowledged.load(Ordering::SeqCst) < 300 && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let acked = acknowledged.load(Ordering::SeqCst);
+    let in_flight = unanswered.load(Ordering::SeqCst);
+    assert!(acked >= 300, "burst too small to mean anything: {acked}");
+    let node = Node::start_with("a", gossip, &[], dir.path(), extra);
+    let restarted = node.get("g0") - before;
+    assert!(
+        (acked..=acked + in_flight).contains(&restarted),
+        "after kill -9 ({extra:?}): {restarted}, acknowledged {acked}, unanswered {in_flight}"
+    );
+}
+
+#[test]
+fn concurrent_increments_fsynced_before_ack_survive_kill_9_exactly() {
+    concurrent_increments_survive_kill_9_exactly(&[]);
+}
+
+#[test]
+fn concurrent_increments_with_fsync_every_survive_kill_9_exactly() {
+    concurrent_increments_survive_kill_9_exactly(&["--fsync-every", "1h"]);
 }
 
 #[test]

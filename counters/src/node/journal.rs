@@ -35,6 +35,8 @@ pub(crate) type Loaded = (HashMap<String, PnCount>, Vec<Retirement>);
 pub(crate) struct Journal {
     file: File,
     path: PathBuf,
+    /// Reused for every append, so the per-increment path does not allocate.
+    buffer: Vec<u8>,
 }
 
 impl Journal {
@@ -54,7 +56,7 @@ impl Journal {
             let mut file = File::create(&compacted)?;
             let mut buffer = Vec::new();
             for (key, count) in &entries {
-                encode_record(&mut buffer, key, *count);
+                encode_record(&mut buffer, key, *count)?;
             }
             // The folds are in the entries now; the tombstones alone remain to be kept.
             for retirement in &retirements {
@@ -67,7 +69,14 @@ impl Journal {
         // The rename itself must be durable before we acknowledge anything on top of it.
         File::open(dir)?.sync_all()?;
         let file = OpenOptions::new().append(true).open(&path)?;
-        Ok((Self { file, path }, (entries, retirements)))
+        Ok((
+            Self {
+                file,
+                path,
+                buffer: Vec::new(),
+            },
+            (entries, retirements),
+        ))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -83,11 +92,19 @@ impl Journal {
     /// Append `entries` without fsync: they survive a crash of the process (they are in the
     /// kernel's page cache) but not of the machine until the next fsync (see `sync_handle`).
     pub(crate) fn append_unsynced(&mut self, entries: &[(String, PnCount)]) -> io::Result<()> {
-        let mut buffer = Vec::new();
+        self.buffer.clear();
         for (key, count) in entries {
-            encode_record(&mut buffer, key, *count);
+            encode_record(&mut self.buffer, key, *count)?;
         }
-        self.file.write_all(&buffer)
+        self.file.write_all(&self.buffer)
+    }
+
+    /// Append one key's entry without fsync, as [`append_unsynced`](Self::append_unsynced):
+    /// one `write` of one record, no allocation once the buffer has grown.
+    pub(crate) fn append_one_unsynced(&mut self, key: &str, count: PnCount) -> io::Result<()> {
+        self.buffer.clear();
+        encode_record(&mut self.buffer, key, count)?;
+        self.file.write_all(&self.buffer)
     }
 
     /// A second handle on the journal file, for fsyncing it from another thread.
@@ -131,14 +148,22 @@ fn encode_retirement(
     buffer.extend_from_slice(&payload);
 }
 
-fn encode_record(buffer: &mut Vec<u8>, key: &str, count: PnCount) {
-    // Serializing a tuple of a string and integers into a Vec cannot fail.
-    let payload =
-        postcard::to_stdvec(&(key, count.increments, count.decrements)).unwrap_or_default();
+fn encode_record(buffer: &mut Vec<u8>, key: &str, count: PnCount) -> io::Result<()> {
+    // The payload is serialized in place after a header that is filled in afterwards, so a
+    // record costs no allocation of its own.
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; HEADER_LEN]);
+    let value = (key, count.increments, count.decrements);
+    // Serializing a string and integers into a Vec does not fail; if it ever did, the
+    // record would be missing, so the write fails (and the journal with it) instead.
+    *buffer = postcard::to_extend(&value, std::mem::take(buffer))
+        .map_err(|err| io::Error::other(format!("cannot encode a journal record: {err}")))?;
+    let payload = &buffer[start + HEADER_LEN..];
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    buffer.extend_from_slice(&len.to_le_bytes());
-    buffer.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-    buffer.extend_from_slice(&payload);
+    let sum = xxhash_rust::xxh3::xxh3_64(payload);
+    buffer[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buffer[start + 4..start + HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
 }
 
 /// Every complete, intact record's entry, per-key maximum; stops at the first bad record.
