@@ -179,7 +179,7 @@ pub struct Acknowledged {
 ///   the replication metadata), about 117 bytes per key with the hash tables' spare capacity;
 ///   plus 24 bytes per other node that counted the key (measured by `tests/memory.rs`, see
 ///   docs/benchmarks.md). A key that many threads hammer at once also allocates its
-///   cache-padded cells (128 bytes per core).
+///   cache-padded cells (two per core, 128 bytes each).
 /// - **Idle expiry** has a resolution of one second.
 ///
 /// Handles are cheap to clone and share one set.
