@@ -7,7 +7,7 @@ use crate::{PnCount, adder::Adder};
 /// A local counter whose increment is one atomic operation on a cell chosen per thread.
 ///
 /// This is the local layer (like Java's `LongAdder`): uncontended it is one pair of atomics;
-/// once threads collide it spreads them over cache-padded cells, up to the number of cores.
+/// once threads collide it gives each thread its own cache-padded cell (two per core).
 /// Reading sums the cells, so reads cost more than increments: count on the hot path, read rarely.
 /// Handles are cheap to clone and share one count.
 ///

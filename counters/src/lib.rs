@@ -73,6 +73,7 @@ mod node_id;
 mod pn;
 mod ratelimit;
 mod set;
+mod shard_lock;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counter::Counter;

@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::{
     Clock, Delta, NodeId, PnCount, PnState, Retirement, SystemClock, adder::Adder, pn::clamp_i64,
+    shard_lock::ShardLock,
 };
 
 /// How a [`CounterSet`] is laid out and when it forgets idle keys.
@@ -178,7 +179,7 @@ pub struct Acknowledged {
 ///   the replication metadata), about 117 bytes per key with the hash tables' spare capacity;
 ///   plus 24 bytes per other node that counted the key (measured by `tests/memory.rs`, see
 ///   docs/benchmarks.md). A key that many threads hammer at once also allocates its
-///   cache-padded cells (128 bytes per core).
+///   cache-padded cells (two per core, 128 bytes each).
 /// - **Idle expiry** has a resolution of one second.
 ///
 /// Handles are cheap to clone and share one set.
@@ -225,7 +226,7 @@ impl<K> fmt::Debug for CounterSet<K> {
     }
 }
 
-type Shard<K> = CachePadded<RwLock<HashTable<Slot<K>>>>;
+type Shard<K> = CachePadded<ShardLock<HashTable<Slot<K>>>>;
 
 /// One key and its state, stored inline in the shard's table. `repr(C)` keeps what an
 /// increment touches (the key, then this node's pair in [`Entry::local`]) in the slot's first
@@ -368,7 +369,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     fn build(node: NodeId, config: &CounterSetConfig, clock: Arc<dyn Clock>) -> Self {
         let hasher = foldhash::fast::RandomState::default();
         let shards = (0..config.shard_count())
-            .map(|_| CachePadded::new(RwLock::new(HashTable::new())))
+            .map(|_| CachePadded::new(ShardLock::new(HashTable::new())))
             .collect();
         let mut nodes = NodeTable::default();
         nodes.intern(&node);
