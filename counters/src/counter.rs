@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::{PnCount, adder::Adder};
 
-/// A local counter whose increment is one atomic operation on a cell chosen per thread.
+/// A local counter that, once threads contend, increments a cache-padded cell the calling thread
+/// owns: no lock, no locked instruction, no cache line shared with another counting thread.
 ///
 /// This is the local layer (like Java's `LongAdder`): uncontended it is one pair of atomics;
 /// once threads collide it gives each thread its own cache-padded cell (two per core).

@@ -1,6 +1,6 @@
 //! Sharded CRDT counters: count locally at memory speed, converge across nodes.
 //!
-//! Count locally — one atomic operation per increment, from any number of threads:
+//! Count locally — no lock and no shared cache line per increment, from any number of threads:
 //!
 //! ```
 //! use edgekit_counters::Counter;
@@ -73,7 +73,6 @@ mod node_id;
 mod pn;
 mod ratelimit;
 mod set;
-mod shard_lock;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counter::Counter;

@@ -15,7 +15,6 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::{
     Clock, Delta, NodeId, PnCount, PnState, Retirement, SystemClock, adder::Adder, pn::clamp_i64,
-    shard_lock::ShardLock,
 };
 
 /// How a [`CounterSet`] is laid out and when it forgets idle keys.
@@ -165,14 +164,14 @@ pub struct Acknowledged {
 /// Millions of counters by key (client IP, API key, ...), replicated as a delta-state CRDT.
 ///
 /// - **Counting** is lock-free per key: keys live in shards behind read-write locks, and an
-///   increment holds a shard's *read* lock while it does one atomic add on the key's entry, so
+///   increment holds a shard's *read* lock while it adds to the key's entry, so
 ///   threads never wait for each other unless one of them inserts a new key into the same shard.
 ///   A hot key spreads its threads over cache-padded cells like [`Counter`](crate::Counter).
 /// - **Replication:** each key's state is a map node id -> [`PnCount`]; this node's increments go
 ///   to its own entry only, and [`merge`](Self::merge) takes the per-node maximum.
 ///   [`delta_since`](Self::delta_since) returns every key changed after a version (version `0`:
 ///   full state). Versions are assigned when a change is *observed* by `delta_since` (or merged),
-///   not per increment, so the increment path stays one atomic operation.
+///   not per increment, so the increment path writes nothing but the count.
 /// - **Hashing:** a key is hashed once per operation (foldhash, seeded per set); the high bits
 ///   of that hash pick the shard and the low bits the bucket inside it.
 /// - **Memory:** an entry is 88 bytes for a `u64` key (the key, this node's striped pair, and
@@ -226,7 +225,7 @@ impl<K> fmt::Debug for CounterSet<K> {
     }
 }
 
-type Shard<K> = CachePadded<ShardLock<HashTable<Slot<K>>>>;
+type Shard<K> = CachePadded<RwLock<HashTable<Slot<K>>>>;
 
 /// One key and its state, stored inline in the shard's table. `repr(C)` keeps what an
 /// increment touches (the key, then this node's pair in [`Entry::local`]) in the slot's first
@@ -369,7 +368,7 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     fn build(node: NodeId, config: &CounterSetConfig, clock: Arc<dyn Clock>) -> Self {
         let hasher = foldhash::fast::RandomState::default();
         let shards = (0..config.shard_count())
-            .map(|_| CachePadded::new(ShardLock::new(HashTable::new())))
+            .map(|_| CachePadded::new(RwLock::new(HashTable::new())))
             .collect();
         let mut nodes = NodeTable::default();
         nodes.intern(&node);
