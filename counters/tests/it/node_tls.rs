@@ -8,40 +8,12 @@ use std::{
 };
 
 use edgekit_counters::{CounterNode, CounterNodeConfig, NodeId, NodeTls};
-
-struct Ca {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    pem: String,
-}
-
-fn ca() -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().expect("CA key");
-    let pem = params.self_signed(&key).expect("self-signed CA").pem();
-    Ca { params, key, pem }
-}
+use edgekit_testkit::TestCa;
 
 /// A certificate for 127.0.0.1 signed by `issuer`, trusting `trusted`; written to `dir`.
-fn node_tls(dir: &Path, name: &str, issuer: &Ca, trusted: &Ca) -> NodeTls {
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params
-        .signed_by(
-            &key,
-            &rcgen::Issuer::from_params(&issuer.params, &issuer.key),
-        )
-        .expect("sign");
-    let paths = [
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}-ca.pem")),
-    ];
-    std::fs::write(&paths[0], cert.pem()).expect("write cert");
-    std::fs::write(&paths[1], key.serialize_pem()).expect("write key");
-    std::fs::write(&paths[2], &trusted.pem).expect("write CA");
-    NodeTls::from_pem_files(&paths[0], &paths[1], &paths[2]).expect("load TLS files")
+fn node_tls(dir: &Path, name: &str, issuer: &TestCa, trusted: &TestCa) -> NodeTls {
+    let files = issuer.issue_trusting(dir, name, trusted);
+    NodeTls::from_pem_files(&files.cert, &files.key, &files.ca).expect("load TLS files")
 }
 
 async fn start(id: &str, dir: &Path, peers: Vec<SocketAddr>, tls: Option<NodeTls>) -> CounterNode {
@@ -62,7 +34,7 @@ async fn nodes_with_cluster_certificates_converge_and_others_are_refused() {
     let dirs: Vec<_> = (0..4)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let (cluster, other) = (ca(), ca());
+    let (cluster, other) = (TestCa::new("cluster"), TestCa::new("other"));
 
     let a = start(
         "a",
@@ -137,7 +109,7 @@ fn missing_or_empty_certificate_files_are_named_in_the_error() {
     let missing = dir.path().join("missing.pem");
     let err = NodeTls::from_pem_files(&empty, &missing, &missing).expect_err("no certificate");
     assert!(err.to_string().contains("empty.pem"), "{err}");
-    let cluster = ca();
+    let cluster = TestCa::new("cluster");
     let good = node_tls(dir.path(), "n", &cluster, &cluster);
     drop(good);
     let err = NodeTls::from_pem_files(&dir.path().join("n.pem"), &dir.path().join("n.key"), &empty)
