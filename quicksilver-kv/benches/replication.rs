@@ -231,6 +231,10 @@ fn main() {
         // Replicas at full fsync are the same-run baseline for the default replica setting.
         propagation(1_000, 3_000, Durability::Fsync).await;
         propagation(1_000, 3_000, Durability::DataSync).await;
+        // All three nodes share this machine's one disk, whose flushes queue on one device;
+        // replicas that never flush show what the root's own commits cost on it, the case of a
+        // fleet where every box flushes to its own disk.
+        propagation(1_000, 3_000, Durability::NoSync).await;
         propagation(10_000, 20_000, Durability::Fsync).await;
         propagation(10_000, 20_000, Durability::DataSync).await;
         let (p50, p99) = raw_fsync_latency(1_000);
