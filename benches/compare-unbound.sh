@@ -20,7 +20,10 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per cached run (10), CONCURRENCY outstanding (64),
 # SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release),
-# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs).
+# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (1: how many times both
+# servers are restarted for the cold batch; medians are printed), ROUNDS=0 for the cold batch only,
+# HOSTS (1000: names in the leaf zone; the query file has 1.35 per host), COLD_CONCURRENCY (16:
+# questions outstanding in the cold batch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,9 @@ DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-64}
 SOCKETS=${SOCKETS:-4}
 THREADS=${THREADS:-2}
+COLD_RUNS=${COLD_RUNS:-1}
+HOSTS=${HOSTS:-1000}
+COLD_CONCURRENCY=${COLD_CONCURRENCY:-16}
 NET=127.0.54
 UNBOUND_ADDR=$NET.10
 EDGEKIT_ADDR=$NET.11
@@ -89,7 +95,7 @@ ZONE
     echo "@    IN SOA ns.zone.bench. hostmaster.zone.bench. 1 3600 600 86400 3600"
     echo "@    IN NS  ns"
     echo "ns   IN A   $NET.3"
-    for i in $(seq 1 1000); do
+    for i in $(seq 1 "$HOSTS"); do
         echo "host$i IN A 192.0.2.$((i % 250 + 1))"
     done
 } >"$work/leaf.zone"
@@ -132,7 +138,7 @@ CONF
 printf '.  3600000 NS ns.root.\nns.root. 3600000 A %s\n' "$NET.1" >"$work/root.hints"
 
 # 1000 existing names, plus NODATA (AAAA) and NXDOMAIN questions: a resolver's hot set.
-for i in $(seq 1 1000); do
+for i in $(seq 1 "$HOSTS"); do
     echo "host$i.zone.bench A"
     ((i % 4 == 0)) && echo "host$i.zone.bench AAAA"
     ((i % 10 == 0)) && echo "missing$i.zone.bench A"
@@ -193,33 +199,6 @@ wait_answering() {
     exit 1
 }
 
-# cold NAME ADDR: the query file once each, 16 outstanding; prints wall seconds and upstream.
-cold() {
-    local before after started ended
-    before=$(upstream)
-    started=$(date +%s.%N)
-    "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency 16 \
-        --timeout 5s --json >"$work/cold-$1.json"
-    ended=$(date +%s.%N)
-    after=$(upstream)
-    cold_wall[$1]=$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}')
-    cold_upstream[$1]=$((after - before))
-    cold_lost[$1]=$(json_field '["lost"]' <"$work/cold-$1.json")
-}
-
-declare -A cold_wall cold_upstream cold_lost server_pid
-"$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
-pids+=($!)
-server_pid[unbound]=$!
-"$EDGEKIT" -q dns serve --listen "$EDGEKIT_ADDR:53" --threads "$THREADS" \
-    --root-hints "$work/root.hints" --allow-loopback 2>"$work/edgekit.log" &
-pids+=($!)
-server_pid[edgekit]=$!
-wait_answering "$UNBOUND_ADDR"
-wait_answering "$EDGEKIT_ADDR"
-cold unbound "$UNBOUND_ADDR"
-cold edgekit "$EDGEKIT_ADDR"
-
 # Per-thread CPU ticks (user + system) of a process: "tid ticks" lines.
 thread_ticks() {
     local stat
@@ -227,6 +206,71 @@ thread_ticks() {
         awk '{print $1, $14 + $15}' "$stat" 2>/dev/null || true
     done
 }
+# cold NAME ADDR: the query file once each, 16 outstanding. Records the batch time (first send
+# to last reply, from the generator's report: the figure compared), the process wall time
+# around it (includes the generator's start-up and exit), the upstream queries NSD counted and
+# the per-question latency percentiles.
+cold() {
+    local before after started ended
+    before=$(upstream)
+    local ticks_before ticks_after
+    thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-before"
+    ticks_before=$(awk '{t += $2} END {print t}' "$work/cold-ticks-before")
+    started=$(date +%s.%N)
+    "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
+        --timeout 5s --json >"$work/cold-$1.json"
+    ended=$(date +%s.%N)
+    thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-after"
+    ticks_after=$(awk '{t += $2} END {print t}' "$work/cold-ticks-after")
+    # CPU seconds per busy thread (name: seconds), to see where a server spends it.
+    cold_threads[$1]=$(awk -v hz="$CLK_TCK" 'NR == FNR {before[$1] = $2; next}
+        {d = ($2 - before[$1]) / hz; if (d > 0) {cmd = "cat /proc/'"${server_pid[$1]}"'/task/" $1 "/comm"; cmd | getline name; close(cmd); printf "%s%s %.2f", sep, name, d; sep = ", "}}' \
+        "$work/cold-ticks-before" "$work/cold-ticks-after")
+    after=$(upstream)
+    cold_cpu[$1]+="$(awk -v a="$ticks_before" -v b="$ticks_after" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}') "
+    cold_process[$1]+="$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}') "
+    cold_wall[$1]+="$(json_field '["elapsed_seconds"]' <"$work/cold-$1.json") "
+    cold_upstream[$1]+="$((after - before)) "
+    cold_lost[$1]+="$(json_field '["lost"]' <"$work/cold-$1.json") "
+    cold_latency[$1]+="$(json_field '["latency_ms"]["p50"]' <"$work/cold-$1.json")/$(json_field '["latency_ms"]["p99"]' <"$work/cold-$1.json")/$(json_field '["latency_ms"]["max"]' <"$work/cold-$1.json") "
+}
+
+cold_ratios=""
+declare -A run_batch cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
+start_servers() {
+    "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
+    pids+=($!)
+    server_pid[unbound]=$!
+    "$EDGEKIT" -q dns serve --listen "$EDGEKIT_ADDR:53" --threads "$THREADS" \
+        --root-hints "$work/root.hints" --allow-loopback 2>"$work/edgekit.log" &
+    pids+=($!)
+    server_pid[edgekit]=$!
+    wait_answering "$UNBOUND_ADDR"
+    wait_answering "$EDGEKIT_ADDR"
+}
+stop_servers() {
+    local pid
+    for pid in "${server_pid[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${server_pid[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+# COLD_RUNS fresh starts of both servers; the order alternates so neither always goes first.
+for run in $(seq 1 "$COLD_RUNS"); do
+    ((run > 1)) && stop_servers
+    start_servers
+    order=(unbound edgekit); ((run % 2 == 0)) && order=(edgekit unbound)
+    for server in "${order[@]}"; do
+        addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
+        cold "$server" "$addr"
+        set -- ${cold_wall[$server]}; w=${*: -1}
+        set -- ${cold_upstream[$server]}; u=${*: -1}
+        set -- ${cold_latency[$server]}; l=${*: -1}
+        set -- ${cold_cpu[$server]}; c=${*: -1}
+        run_batch[$server]=$w
+        echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]})"
+    done
+    cold_ratios+="$(awk -v e="${run_batch[edgekit]}" -v u="${run_batch[unbound]}" 'BEGIN {printf "%.2f", e / u}') "
+done
+
 # From two thread_ticks snapshots and the generator's run time (first send to last reply): the
 # server's total share of a core, then each busy thread's share, e.g. "112% (61+51)".
 server_busy() { # before-file after-file run-seconds
@@ -308,11 +352,13 @@ median() { printf '%s\n' $@ | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(N
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo
 echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $THREADS threads each; NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
-echo "cold batch ($total_queries distinct questions, 16 outstanding):"
+echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: wall ${cold_wall[$server]} s, upstream queries ${cold_upstream[$server]}, lost ${cold_lost[$server]}"
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
-echo "  ratio edgekit/unbound: wall $(ratio "${cold_wall[edgekit]}" "${cold_wall[unbound]}"), upstream $(ratio "${cold_upstream[edgekit]}" "${cold_upstream[unbound]}")"
+echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
+echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
+if ((ROUNDS == 0)); then exit 0; fi
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
 for server in unbound edgekit; do
     echo "  $server: dnsperf $(median ${perf_qps[$server]}) qps; edgekit bench dns $(median ${bench_qps[$server]}) qps, p99 $(median ${bench_p99[$server]}) ms"
