@@ -23,7 +23,10 @@
 # AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (1: how many times both
 # servers are restarted for the cold batch; medians are printed), ROUNDS=0 for the cold batch only,
 # HOSTS (1000: names in the leaf zone; the query file has 1.35 per host), COLD_CONCURRENCY (16:
-# questions outstanding in the cold batch).
+# questions outstanding in the cold batch), AGREE_ROUNDS (ROUNDS), AGREE_THREADS (THREADS: the
+# agreement runs restart both servers with this many threads), AGREE_CPU_QUOTA (unset: a
+# percentage of one core the server may use in the agreement runs, set with a cgroup quota),
+# SYSCALLS (0; 1: count the server's system calls per query in the agreement runs, with perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +35,14 @@ DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-64}
 SOCKETS=${SOCKETS:-4}
 THREADS=${THREADS:-2}
+COLD_THREADS=$THREADS
 COLD_RUNS=${COLD_RUNS:-1}
 HOSTS=${HOSTS:-1000}
 COLD_CONCURRENCY=${COLD_CONCURRENCY:-16}
+AGREE_ROUNDS=${AGREE_ROUNDS:-$ROUNDS}
+AGREE_THREADS=${AGREE_THREADS:-$THREADS}
+AGREE_CPU_QUOTA=${AGREE_CPU_QUOTA:-}
+SYSCALLS=${SYSCALLS:-0}
 NET=127.0.54
 UNBOUND_ADDR=$NET.10
 EDGEKIT_ADDR=$NET.11
@@ -287,6 +295,13 @@ measure() {
     local server=$1 addr=$2 tool=$3 out runtime
     shift 3
     thread_ticks "${server_pid[$server]}" >"$work/ticks-before"
+    local counter=""
+    if [[ $SYSCALLS == 1 ]]; then
+        perf stat -x, -o "$work/syscalls" -p "${server_pid[$server]}" \
+            -e syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_sched_yield &
+        counter=$!
+        sleep 0.2
+    fi
     if [[ $tool == dnsperf ]]; then
         out=$(/usr/bin/time -f '%U %S %e' -o "$work/generator-cpu" \
             "$@" dnsperf -s "$addr" -p 53 -d "$work/queries.txt" -l "$DURATION" \
@@ -306,6 +321,15 @@ measure() {
         runtime=$(json_field '["elapsed_seconds"]' <"$work/bench.json")
     fi
     thread_ticks "${server_pid[$server]}" >"$work/ticks-after"
+    run_syscalls=""
+    if [[ -n $counter ]]; then
+        kill -INT "$counter"; wait "$counter" 2>/dev/null || true
+        # Server system calls per answered query, by call (e.g. recvmmsg 0.12: 8 queries a batch).
+        local answered
+        answered=$(awk -v q="$run_qps" -v t="$runtime" 'BEGIN {printf "%d", q * t}')
+        run_syscalls=$(awk -F, -v q="$answered" '$3 ~ /sys_enter_/ {sub(/.*sys_enter_/, "", $3); printf "%s%s %.3f", sep, $3, $1 / q; sep = ", "}' "$work/syscalls")
+        run_syscalls="; server system calls per query: $run_syscalls"
+    fi
     run_server=$(server_busy "$work/ticks-before" "$work/ticks-after" "$runtime")
     run_generator=$(awk '{printf "%.0f%%", ($1 + $2) / $3 * 100}' "$work/generator-cpu")
 }
@@ -327,23 +351,67 @@ done
 
 # The agreement check: the server (all its threads) on CPU 0, the generator on CPU 1, so the
 # server is the bottleneck and neither generator takes CPU from it.
+# AGREE_THREADS: restart both servers with that many threads first (warmed with one pass of
+# the query file). AGREE_CPU_QUOTA: also cap the server at that percentage of one core (a
+# cgroup CPU quota, 10 ms period), for a server that answers faster on one core than a
+# generator can send from the other; the server is then the bottleneck when it uses (nearly)
+# all of its quota.
+cpu_cgroup=""
+quota_on() { # pid percent
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+        cpu_cgroup=/sys/fs/cgroup/compare-unbound-$$
+        mkdir -p "$cpu_cgroup"
+        echo "$(($2 * 100)) 10000" >"$cpu_cgroup/cpu.max"
+    elif [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        cpu_cgroup=/sys/fs/cgroup/cpu/compare-unbound-$$
+        mkdir -p "$cpu_cgroup"
+        echo 10000 >"$cpu_cgroup/cpu.cfs_period_us"
+        echo $(($2 * 100)) >"$cpu_cgroup/cpu.cfs_quota_us"
+    else
+        echo "no cgroup CPU controller to set AGREE_CPU_QUOTA with" >&2
+        exit 1
+    fi
+    echo "$1" >"$cpu_cgroup/cgroup.procs"
+}
+quota_off() { # moves whatever is in the cgroup back to its parent and removes it
+    [[ -n $cpu_cgroup ]] || return 0
+    local pid
+    while read -r pid; do
+        echo "$pid" >"$(dirname "$cpu_cgroup")/cgroup.procs" 2>/dev/null || true
+    done <"$cpu_cgroup/cgroup.procs"
+    rmdir "$cpu_cgroup" 2>/dev/null || true
+    cpu_cgroup=""
+}
+trap 'quota_off; cleanup' EXIT
 if [[ $AGREE == 1 ]]; then
     all_cpus="0-$(($(nproc) - 1))"
+    if [[ $AGREE_THREADS != "$THREADS" ]]; then
+        stop_servers
+        THREADS=$AGREE_THREADS
+        start_servers
+        for server in unbound edgekit; do
+            addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
+            "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" --concurrency 16 \
+                --timeout 5s --json >/dev/null
+        done
+    fi
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
         taskset -a -p -c 0 "${server_pid[$server]}" >/dev/null
-        for round in $(seq 1 "$ROUNDS"); do
+        [[ -n $AGREE_CPU_QUOTA ]] && quota_on "${server_pid[$server]}" "$AGREE_CPU_QUOTA"
+        for round in $(seq 1 "$AGREE_ROUNDS"); do
             measure "$server" "$addr" dnsperf taskset -c 1
-            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator$run_syscalls"
             agree_perf[$server]+="$run_qps "
             agree_perf_busy[$server]+="${run_server%%%*} "
             agree_perf_generator[$server]+="${run_generator%\%} "
             measure "$server" "$addr" edgekit taskset -c 1
-            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator$run_syscalls"
             agree_bench[$server]+="$run_qps "
             agree_bench_busy[$server]+="${run_server%%%*} "
             agree_bench_generator[$server]+="${run_generator%\%} "
         done
+        quota_off
         taskset -a -p -c "$all_cpus" "${server_pid[$server]}" >/dev/null
     done
 fi
@@ -351,14 +419,14 @@ fi
 median() { printf '%s\n' $@ | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo
-echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $THREADS threads each; NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
+echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
 echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
     echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
-if ((ROUNDS == 0)); then exit 0; fi
+if ((ROUNDS > 0)); then
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
 for server in unbound edgekit; do
     echo "  $server: dnsperf $(median ${perf_qps[$server]}) qps; edgekit bench dns $(median ${bench_qps[$server]}) qps, p99 $(median ${bench_p99[$server]}) ms"
@@ -366,16 +434,21 @@ done
 echo "  ratio edgekit/unbound qps: dnsperf $(ratio "$(median ${perf_qps[edgekit]})" "$(median ${perf_qps[unbound]})"), edgekit bench dns $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${bench_qps[unbound]})")"
 echo "  ratio edgekit/unbound p99: $(ratio "$(median ${bench_p99[edgekit]})" "$(median ${bench_p99[unbound]})")"
 echo "load generators, edgekit bench dns / dnsperf, unpinned (generator shares the servers' cores; not the agreement check): on unbound $(ratio "$(median ${bench_qps[unbound]})" "$(median ${perf_qps[unbound]})"), on edgekit $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${perf_qps[edgekit]})")"
-if [[ $AGREE == 1 ]]; then
-    echo "agreement check (server on CPU 0, generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $ROUNDS):"
+fi
+if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
+    limit=100
+    [[ -n $AGREE_CPU_QUOTA ]] && limit=$AGREE_CPU_QUOTA
+    echo "agreement check (servers with $THREADS thread(s) on CPU 0${AGREE_CPU_QUOTA:+, capped at $AGREE_CPU_QUOTA% of it}; generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $AGREE_ROUNDS):"
     for server in unbound edgekit; do
         p=$(median ${agree_perf[$server]}); b=$(median ${agree_bench[$server]})
         r=$(ratio "$b" "$p")
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of its core, generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core"
-        awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" 'BEGIN {
-            if (s < 95 || t < 95)
-                print "    the server was not the bottleneck under both generators (below 95% of its core): a generator measured itself"
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core"
+        awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" -v limit="$limit" 'BEGIN {
+            if (s < 0.95 * limit || t < 0.95 * limit)
+                print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"
+            else
+                print "    the server was the bottleneck under both generators: a fair agreement check"
         }'
     done
 fi
