@@ -26,7 +26,8 @@
 # questions outstanding in the cold batch), AGREE_ROUNDS (ROUNDS), AGREE_THREADS (THREADS: the
 # agreement runs restart both servers with this many threads), AGREE_CPU_QUOTA (unset: a
 # percentage of one core the server may use in the agreement runs, set with a cgroup quota),
-# SYSCALLS (0; 1: count the server's system calls per query in the agreement runs, with perf).
+# SYSCALLS (0; 1: count the server's system calls per query in the agreement runs, with perf),
+# RECEIVE_BATCH (32: `edgekit bench dns --receive-batch`; 1 offers dnsperf's arrival pattern).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,7 @@ AGREE_ROUNDS=${AGREE_ROUNDS:-$ROUNDS}
 AGREE_THREADS=${AGREE_THREADS:-$THREADS}
 AGREE_CPU_QUOTA=${AGREE_CPU_QUOTA:-}
 SYSCALLS=${SYSCALLS:-0}
+RECEIVE_BATCH=${RECEIVE_BATCH:-32}
 NET=127.0.54
 UNBOUND_ADDR=$NET.10
 EDGEKIT_ADDR=$NET.11
@@ -246,6 +248,7 @@ cold() {
 cold_ratios=""
 declare -A run_batch cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
 start_servers() {
+    sed -i "s/^  num-threads: .*/  num-threads: $THREADS/" "$work/unbound.conf"
     "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
     pids+=($!)
     server_pid[unbound]=$!
@@ -314,7 +317,7 @@ measure() {
         /usr/bin/time -f '%U %S %e' -o "$work/generator-cpu" \
             "$@" "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" \
             --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" \
-            --json >"$work/bench.json"
+            --receive-batch "$RECEIVE_BATCH" --json >"$work/bench.json"
         run_qps=$(json_field '["qps"]' <"$work/bench.json")
         run_p99=$(json_field '["latency_ms"]["p99"]' <"$work/bench.json")
         run_lost=$(json_field '["lost"]' <"$work/bench.json")
