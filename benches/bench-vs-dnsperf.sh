@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Cross-check `edgekit bench dns` against dnsperf on the same server and the same query file.
 #
 # The server is Debian's Unbound answering from memory (local-data, no recursion), so both load
@@ -19,7 +20,9 @@
 #   and run time of both are printed.
 #
 # Environment: ROUNDS (3), DURATION seconds per run (10), CONCURRENCY outstanding (64),
-# SOCKETS (4), UNBOUND_THREADS (1), ADDR (127.0.0.53), PORT (5300),
+# SOCKETS (4), UNBOUND_THREADS (1), ADDR (127.0.0.53), PORT (5300), RECEIVE_BATCH (32:
+# `edgekit bench dns --receive-batch`; 1 offers dnsperf's arrival pattern, which matters for a
+# server that reads queries in batches, such as edgekit's: docs/benchmarks.md, session 4),
 # EDGEKIT (path to a built edgekit; default: cargo build --release -p edgekit),
 # PIN (1 on 2+ CPUs: server on CPU 0, generators on CPU 1; PIN=0: nothing pinned, the
 # generator shares the server's cores and the figures say more about CPU sharing than about
@@ -34,6 +37,7 @@ SOCKETS=${SOCKETS:-4}
 UNBOUND_THREADS=${UNBOUND_THREADS:-1}
 ADDR=${ADDR:-127.0.0.53}
 PORT=${PORT:-5300}
+RECEIVE_BATCH=${RECEIVE_BATCH:-32}
 if [[ -z ${PIN:-} ]]; then
     PIN=0; (($(nproc) >= 2)) && PIN=1
 fi
@@ -149,7 +153,8 @@ for round in $(seq 1 "$ROUNDS"); do
     before=$(cpu_ticks "$unbound_pid")
     json=$(/usr/bin/time -f '%U %S %e' -o "$work/cpu" "${CLIENT_CPU[@]}" "$EDGEKIT" bench dns \
         --server "$ADDR:$PORT" --queries "$work/queries.txt" \
-        --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" --json)
+        --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" \
+        --receive-batch "$RECEIVE_BATCH" --json)
     after=$(cpu_ticks "$unbound_pid")
     qps=$(sed -n 's/^ *"qps": *\([0-9.]*\).*/\1/p' <<<"$json")
     sent=$(sed -n 's/^ *"sent": *\([0-9]*\).*/\1/p' <<<"$json")

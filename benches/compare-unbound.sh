@@ -20,7 +20,14 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per cached run (10), CONCURRENCY outstanding (64),
 # SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release),
-# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs).
+# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (1: how many times both
+# servers are restarted for the cold batch; medians are printed), ROUNDS=0 for the cold batch only,
+# HOSTS (1000: names in the leaf zone; the query file has 1.35 per host), COLD_CONCURRENCY (16:
+# questions outstanding in the cold batch), AGREE_ROUNDS (ROUNDS), AGREE_THREADS (THREADS: the
+# agreement runs restart both servers with this many threads), AGREE_CPU_QUOTA (unset: a
+# percentage of one core the server may use in the agreement runs, set with a cgroup quota),
+# SYSCALLS (0; 1: count the server's system calls per query in the agreement runs, with perf),
+# RECEIVE_BATCH (32: `edgekit bench dns --receive-batch`; 1 offers dnsperf's arrival pattern).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +36,15 @@ DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-64}
 SOCKETS=${SOCKETS:-4}
 THREADS=${THREADS:-2}
+COLD_THREADS=$THREADS
+COLD_RUNS=${COLD_RUNS:-1}
+HOSTS=${HOSTS:-1000}
+COLD_CONCURRENCY=${COLD_CONCURRENCY:-16}
+AGREE_ROUNDS=${AGREE_ROUNDS:-$ROUNDS}
+AGREE_THREADS=${AGREE_THREADS:-$THREADS}
+AGREE_CPU_QUOTA=${AGREE_CPU_QUOTA:-}
+SYSCALLS=${SYSCALLS:-0}
+RECEIVE_BATCH=${RECEIVE_BATCH:-32}
 NET=127.0.54
 UNBOUND_ADDR=$NET.10
 EDGEKIT_ADDR=$NET.11
@@ -89,7 +105,7 @@ ZONE
     echo "@    IN SOA ns.zone.bench. hostmaster.zone.bench. 1 3600 600 86400 3600"
     echo "@    IN NS  ns"
     echo "ns   IN A   $NET.3"
-    for i in $(seq 1 1000); do
+    for i in $(seq 1 "$HOSTS"); do
         echo "host$i IN A 192.0.2.$((i % 250 + 1))"
     done
 } >"$work/leaf.zone"
@@ -132,7 +148,7 @@ CONF
 printf '.  3600000 NS ns.root.\nns.root. 3600000 A %s\n' "$NET.1" >"$work/root.hints"
 
 # 1000 existing names, plus NODATA (AAAA) and NXDOMAIN questions: a resolver's hot set.
-for i in $(seq 1 1000); do
+for i in $(seq 1 "$HOSTS"); do
     echo "host$i.zone.bench A"
     ((i % 4 == 0)) && echo "host$i.zone.bench AAAA"
     ((i % 10 == 0)) && echo "missing$i.zone.bench A"
@@ -193,33 +209,6 @@ wait_answering() {
     exit 1
 }
 
-# cold NAME ADDR: the query file once each, 16 outstanding; prints wall seconds and upstream.
-cold() {
-    local before after started ended
-    before=$(upstream)
-    started=$(date +%s.%N)
-    "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency 16 \
-        --timeout 5s --json >"$work/cold-$1.json"
-    ended=$(date +%s.%N)
-    after=$(upstream)
-    cold_wall[$1]=$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}')
-    cold_upstream[$1]=$((after - before))
-    cold_lost[$1]=$(json_field '["lost"]' <"$work/cold-$1.json")
-}
-
-declare -A cold_wall cold_upstream cold_lost server_pid
-"$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
-pids+=($!)
-server_pid[unbound]=$!
-"$EDGEKIT" -q dns serve --listen "$EDGEKIT_ADDR:53" --threads "$THREADS" \
-    --root-hints "$work/root.hints" --allow-loopback 2>"$work/edgekit.log" &
-pids+=($!)
-server_pid[edgekit]=$!
-wait_answering "$UNBOUND_ADDR"
-wait_answering "$EDGEKIT_ADDR"
-cold unbound "$UNBOUND_ADDR"
-cold edgekit "$EDGEKIT_ADDR"
-
 # Per-thread CPU ticks (user + system) of a process: "tid ticks" lines.
 thread_ticks() {
     local stat
@@ -227,6 +216,72 @@ thread_ticks() {
         awk '{print $1, $14 + $15}' "$stat" 2>/dev/null || true
     done
 }
+# cold NAME ADDR: the query file once each, 16 outstanding. Records the batch time (first send
+# to last reply, from the generator's report: the figure compared), the process wall time
+# around it (includes the generator's start-up and exit), the upstream queries NSD counted and
+# the per-question latency percentiles.
+cold() {
+    local before after started ended
+    before=$(upstream)
+    local ticks_before ticks_after
+    thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-before"
+    ticks_before=$(awk '{t += $2} END {print t}' "$work/cold-ticks-before")
+    started=$(date +%s.%N)
+    "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
+        --timeout 5s --json >"$work/cold-$1.json"
+    ended=$(date +%s.%N)
+    thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-after"
+    ticks_after=$(awk '{t += $2} END {print t}' "$work/cold-ticks-after")
+    # CPU seconds per busy thread (name: seconds), to see where a server spends it.
+    cold_threads[$1]=$(awk -v hz="$CLK_TCK" 'NR == FNR {before[$1] = $2; next}
+        {d = ($2 - before[$1]) / hz; if (d > 0) {cmd = "cat /proc/'"${server_pid[$1]}"'/task/" $1 "/comm"; cmd | getline name; close(cmd); printf "%s%s %.2f", sep, name, d; sep = ", "}}' \
+        "$work/cold-ticks-before" "$work/cold-ticks-after")
+    after=$(upstream)
+    cold_cpu[$1]+="$(awk -v a="$ticks_before" -v b="$ticks_after" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}') "
+    cold_process[$1]+="$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}') "
+    cold_wall[$1]+="$(json_field '["elapsed_seconds"]' <"$work/cold-$1.json") "
+    cold_upstream[$1]+="$((after - before)) "
+    cold_lost[$1]+="$(json_field '["lost"]' <"$work/cold-$1.json") "
+    cold_latency[$1]+="$(json_field '["latency_ms"]["p50"]' <"$work/cold-$1.json")/$(json_field '["latency_ms"]["p99"]' <"$work/cold-$1.json")/$(json_field '["latency_ms"]["max"]' <"$work/cold-$1.json") "
+}
+
+cold_ratios=""
+declare -A run_batch cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
+start_servers() {
+    sed -i "s/^  num-threads: .*/  num-threads: $THREADS/" "$work/unbound.conf"
+    "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
+    pids+=($!)
+    server_pid[unbound]=$!
+    "$EDGEKIT" -q dns serve --listen "$EDGEKIT_ADDR:53" --threads "$THREADS" \
+        --root-hints "$work/root.hints" --allow-loopback 2>"$work/edgekit.log" &
+    pids+=($!)
+    server_pid[edgekit]=$!
+    wait_answering "$UNBOUND_ADDR"
+    wait_answering "$EDGEKIT_ADDR"
+}
+stop_servers() {
+    local pid
+    for pid in "${server_pid[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${server_pid[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+# COLD_RUNS fresh starts of both servers; the order alternates so neither always goes first.
+for run in $(seq 1 "$COLD_RUNS"); do
+    ((run > 1)) && stop_servers
+    start_servers
+    order=(unbound edgekit); ((run % 2 == 0)) && order=(edgekit unbound)
+    for server in "${order[@]}"; do
+        addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
+        cold "$server" "$addr"
+        set -- ${cold_wall[$server]}; w=${*: -1}
+        set -- ${cold_upstream[$server]}; u=${*: -1}
+        set -- ${cold_latency[$server]}; l=${*: -1}
+        set -- ${cold_cpu[$server]}; c=${*: -1}
+        run_batch[$server]=$w
+        echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]})"
+    done
+    cold_ratios+="$(awk -v e="${run_batch[edgekit]}" -v u="${run_batch[unbound]}" 'BEGIN {printf "%.2f", e / u}') "
+done
+
 # From two thread_ticks snapshots and the generator's run time (first send to last reply): the
 # server's total share of a core, then each busy thread's share, e.g. "112% (61+51)".
 server_busy() { # before-file after-file run-seconds
@@ -243,6 +298,13 @@ measure() {
     local server=$1 addr=$2 tool=$3 out runtime
     shift 3
     thread_ticks "${server_pid[$server]}" >"$work/ticks-before"
+    local counter=""
+    if [[ $SYSCALLS == 1 ]]; then
+        perf stat -x, -o "$work/syscalls" -p "${server_pid[$server]}" \
+            -e syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_sched_yield &
+        counter=$!
+        sleep 0.2
+    fi
     if [[ $tool == dnsperf ]]; then
         out=$(/usr/bin/time -f '%U %S %e' -o "$work/generator-cpu" \
             "$@" dnsperf -s "$addr" -p 53 -d "$work/queries.txt" -l "$DURATION" \
@@ -255,13 +317,22 @@ measure() {
         /usr/bin/time -f '%U %S %e' -o "$work/generator-cpu" \
             "$@" "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" \
             --duration "${DURATION}s" --concurrency "$CONCURRENCY" --sockets "$SOCKETS" \
-            --json >"$work/bench.json"
+            --receive-batch "$RECEIVE_BATCH" --json >"$work/bench.json"
         run_qps=$(json_field '["qps"]' <"$work/bench.json")
         run_p99=$(json_field '["latency_ms"]["p99"]' <"$work/bench.json")
         run_lost=$(json_field '["lost"]' <"$work/bench.json")
         runtime=$(json_field '["elapsed_seconds"]' <"$work/bench.json")
     fi
     thread_ticks "${server_pid[$server]}" >"$work/ticks-after"
+    run_syscalls=""
+    if [[ -n $counter ]]; then
+        kill -INT "$counter"; wait "$counter" 2>/dev/null || true
+        # Server system calls per answered query, by call (e.g. recvmmsg 0.12: 8 queries a batch).
+        local answered
+        answered=$(awk -v q="$run_qps" -v t="$runtime" 'BEGIN {printf "%d", q * t}')
+        run_syscalls=$(awk -F, -v q="$answered" '$3 ~ /sys_enter_/ {sub(/.*sys_enter_/, "", $3); printf "%s%s %.3f", sep, $3, $1 / q; sep = ", "}' "$work/syscalls")
+        run_syscalls="; server system calls per query: $run_syscalls"
+    fi
     run_server=$(server_busy "$work/ticks-before" "$work/ticks-after" "$runtime")
     run_generator=$(awk '{printf "%.0f%%", ($1 + $2) / $3 * 100}' "$work/generator-cpu")
 }
@@ -283,23 +354,67 @@ done
 
 # The agreement check: the server (all its threads) on CPU 0, the generator on CPU 1, so the
 # server is the bottleneck and neither generator takes CPU from it.
+# AGREE_THREADS: restart both servers with that many threads first (warmed with one pass of
+# the query file). AGREE_CPU_QUOTA: also cap the server at that percentage of one core (a
+# cgroup CPU quota, 10 ms period), for a server that answers faster on one core than a
+# generator can send from the other; the server is then the bottleneck when it uses (nearly)
+# all of its quota.
+cpu_cgroup=""
+quota_on() { # pid percent
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+        cpu_cgroup=/sys/fs/cgroup/compare-unbound-$$
+        mkdir -p "$cpu_cgroup"
+        echo "$(($2 * 100)) 10000" >"$cpu_cgroup/cpu.max"
+    elif [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        cpu_cgroup=/sys/fs/cgroup/cpu/compare-unbound-$$
+        mkdir -p "$cpu_cgroup"
+        echo 10000 >"$cpu_cgroup/cpu.cfs_period_us"
+        echo $(($2 * 100)) >"$cpu_cgroup/cpu.cfs_quota_us"
+    else
+        echo "no cgroup CPU controller to set AGREE_CPU_QUOTA with" >&2
+        exit 1
+    fi
+    echo "$1" >"$cpu_cgroup/cgroup.procs"
+}
+quota_off() { # moves whatever is in the cgroup back to its parent and removes it
+    [[ -n $cpu_cgroup ]] || return 0
+    local pid
+    while read -r pid; do
+        echo "$pid" >"$(dirname "$cpu_cgroup")/cgroup.procs" 2>/dev/null || true
+    done <"$cpu_cgroup/cgroup.procs"
+    rmdir "$cpu_cgroup" 2>/dev/null || true
+    cpu_cgroup=""
+}
+trap 'quota_off; cleanup' EXIT
 if [[ $AGREE == 1 ]]; then
     all_cpus="0-$(($(nproc) - 1))"
+    if [[ $AGREE_THREADS != "$THREADS" ]]; then
+        stop_servers
+        THREADS=$AGREE_THREADS
+        start_servers
+        for server in unbound edgekit; do
+            addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
+            "$EDGEKIT" bench dns --server "$addr:53" --queries "$work/queries.txt" --concurrency 16 \
+                --timeout 5s --json >/dev/null
+        done
+    fi
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
         taskset -a -p -c 0 "${server_pid[$server]}" >/dev/null
-        for round in $(seq 1 "$ROUNDS"); do
+        [[ -n $AGREE_CPU_QUOTA ]] && quota_on "${server_pid[$server]}" "$AGREE_CPU_QUOTA"
+        for round in $(seq 1 "$AGREE_ROUNDS"); do
             measure "$server" "$addr" dnsperf taskset -c 1
-            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator$run_syscalls"
             agree_perf[$server]+="$run_qps "
             agree_perf_busy[$server]+="${run_server%%%*} "
             agree_perf_generator[$server]+="${run_generator%\%} "
             measure "$server" "$addr" edgekit taskset -c 1
-            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator"
+            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator$run_syscalls"
             agree_bench[$server]+="$run_qps "
             agree_bench_busy[$server]+="${run_server%%%*} "
             agree_bench_generator[$server]+="${run_generator%\%} "
         done
+        quota_off
         taskset -a -p -c "$all_cpus" "${server_pid[$server]}" >/dev/null
     done
 fi
@@ -307,12 +422,14 @@ fi
 median() { printf '%s\n' $@ | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo
-echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $THREADS threads each; NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
-echo "cold batch ($total_queries distinct questions, 16 outstanding):"
+echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
+echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: wall ${cold_wall[$server]} s, upstream queries ${cold_upstream[$server]}, lost ${cold_lost[$server]}"
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
-echo "  ratio edgekit/unbound: wall $(ratio "${cold_wall[edgekit]}" "${cold_wall[unbound]}"), upstream $(ratio "${cold_upstream[edgekit]}" "${cold_upstream[unbound]}")"
+echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
+echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
+if ((ROUNDS > 0)); then
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
 for server in unbound edgekit; do
     echo "  $server: dnsperf $(median ${perf_qps[$server]}) qps; edgekit bench dns $(median ${bench_qps[$server]}) qps, p99 $(median ${bench_p99[$server]}) ms"
@@ -320,16 +437,21 @@ done
 echo "  ratio edgekit/unbound qps: dnsperf $(ratio "$(median ${perf_qps[edgekit]})" "$(median ${perf_qps[unbound]})"), edgekit bench dns $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${bench_qps[unbound]})")"
 echo "  ratio edgekit/unbound p99: $(ratio "$(median ${bench_p99[edgekit]})" "$(median ${bench_p99[unbound]})")"
 echo "load generators, edgekit bench dns / dnsperf, unpinned (generator shares the servers' cores; not the agreement check): on unbound $(ratio "$(median ${bench_qps[unbound]})" "$(median ${perf_qps[unbound]})"), on edgekit $(ratio "$(median ${bench_qps[edgekit]})" "$(median ${perf_qps[edgekit]})")"
-if [[ $AGREE == 1 ]]; then
-    echo "agreement check (server on CPU 0, generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $ROUNDS):"
+fi
+if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
+    limit=100
+    [[ -n $AGREE_CPU_QUOTA ]] && limit=$AGREE_CPU_QUOTA
+    echo "agreement check (servers with $THREADS thread(s) on CPU 0${AGREE_CPU_QUOTA:+, capped at $AGREE_CPU_QUOTA% of it}; generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $AGREE_ROUNDS):"
     for server in unbound edgekit; do
         p=$(median ${agree_perf[$server]}); b=$(median ${agree_bench[$server]})
         r=$(ratio "$b" "$p")
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of its core, generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core"
-        awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" 'BEGIN {
-            if (s < 95 || t < 95)
-                print "    the server was not the bottleneck under both generators (below 95% of its core): a generator measured itself"
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core"
+        awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" -v limit="$limit" 'BEGIN {
+            if (s < 0.95 * limit || t < 0.95 * limit)
+                print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"
+            else
+                print "    the server was the bottleneck under both generators: a fair agreement check"
         }'
     done
 fi

@@ -431,6 +431,24 @@ fn invalid_config_names_the_field() {
     config.stop = Stop::Count(0);
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("count"), "{err}");
+    config.stop = Stop::Count(1);
+    for bad in [0, 33] {
+        config.receive_batch = bad;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("receive_batch"), "{err}");
+    }
+}
+
+/// One reply read (and so one query sent) at a time still keeps every count exact.
+#[test]
+fn udp_one_reply_per_receive_counts_add_up() {
+    let responder = Responder::udp(Behaviour::default());
+    let mut config = config(responder.addr, Stop::Count(400));
+    config.load = Load::Concurrency(16);
+    config.receive_batch = 1;
+    let report = run(&config);
+    assert_eq!((report.sent, report.answered, report.lost), (400, 400, 0));
+    assert_eq!(responder.received.load(Ordering::Relaxed), 400);
 }
 
 #[test]

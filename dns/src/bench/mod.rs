@@ -38,7 +38,7 @@ pub use plot::latency_svg;
 pub use query_file::{BenchQuery, QueryFileError, load_query_file, parse_query_file};
 pub use report::{LatencySummary, Report};
 
-use worker::{Shared, WorkerStats};
+use worker::{RECEIVE_BATCH as MAX_RECEIVE_BATCH, Shared, WorkerStats};
 
 /// How queries reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -87,6 +87,12 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// UDP sockets or TCP connections to spread the load over, each served by its own thread.
     pub sockets: usize,
+    /// Most UDP replies read per system call (1 to 32; default 32). Each thread sends as many
+    /// queries as it read replies, so this sets how bursty the load is: 1 reads one reply and
+    /// sends one query at a time, spreading the queries out as dnsperf's separate sender and
+    /// receiver threads do. A server that reads in batches is cheaper per query under burstier
+    /// load, so two generators agree on such a server only with the same setting.
+    pub receive_batch: usize,
 }
 
 impl BenchConfig {
@@ -102,6 +108,7 @@ impl BenchConfig {
             stop,
             timeout: Duration::from_secs(5),
             sockets: 4,
+            receive_batch: MAX_RECEIVE_BATCH,
         }
     }
 
@@ -130,6 +137,13 @@ impl BenchConfig {
         }
         if self.timeout.is_zero() {
             return invalid("timeout", "0s".into(), "must be longer than zero");
+        }
+        if self.receive_batch == 0 || self.receive_batch > MAX_RECEIVE_BATCH {
+            return invalid(
+                "receive_batch",
+                self.receive_batch.to_string(),
+                "must be between 1 and 32",
+            );
         }
         if self.sockets == 0 || self.sockets > 1024 {
             return invalid(

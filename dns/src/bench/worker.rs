@@ -38,7 +38,7 @@ const TICKET_CHUNK: u64 = 16;
 /// How often a worker adds its counts to the live progress counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// Replies read per `recvmmsg` call (UDP).
-const RECEIVE_BATCH: usize = 32;
+pub(super) const RECEIVE_BATCH: usize = 32;
 /// Bytes kept of each reply: the header is all the generator reads, and a longer datagram is
 /// still one whole (if cut) reply.
 const REPLY_SLOT: usize = 4096;
@@ -280,7 +280,7 @@ impl ReplyBatch {
 
 /// Receive up to [`RECEIVE_BATCH`] datagrams on a connected socket: wait (up to the read
 /// timeout) for the first, then take what is already queued, in one system call.
-fn receive_datagrams(socket: &UdpSocket, batch: &mut ReplyBatch) -> io::Result<usize> {
+fn receive_datagrams(socket: &UdpSocket, batch: &mut ReplyBatch, most: usize) -> io::Result<usize> {
     let mut iovecs: [libc::iovec; RECEIVE_BATCH] = std::array::from_fn(|_| libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -301,7 +301,7 @@ fn receive_datagrams(socket: &UdpSocket, batch: &mut ReplyBatch) -> io::Result<u
         libc::recvmmsg(
             std::os::fd::AsRawFd::as_raw_fd(socket),
             headers.as_mut_ptr(),
-            RECEIVE_BATCH as libc::c_uint,
+            most.clamp(1, RECEIVE_BATCH) as libc::c_uint,
             libc::MSG_WAITFORONE,
             std::ptr::null_mut(),
         )
@@ -390,10 +390,10 @@ impl Link {
     }
 
     /// Receive one or more replies into `batch`.
-    fn receive(&mut self, batch: &mut ReplyBatch) -> io::Result<Received> {
+    fn receive(&mut self, batch: &mut ReplyBatch, most: usize) -> io::Result<Received> {
         batch.count = 0;
         match self {
-            Self::Udp(socket) => match receive_datagrams(socket, batch) {
+            Self::Udp(socket) => match receive_datagrams(socket, batch, most) {
                 Ok(0) => Ok(Received::Nothing),
                 Ok(_) => Ok(Received::Messages),
                 Err(err) if is_quiet(&err) => Ok(Received::Nothing),
@@ -543,7 +543,10 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
             return Ok(stats);
         }
 
-        match link.receive(&mut batch).map_err(io_error)? {
+        match link
+            .receive(&mut batch, config.receive_batch)
+            .map_err(io_error)?
+        {
             Received::Nothing => {}
             Received::Closed => {
                 let expired = outstanding.expire_all();

@@ -659,9 +659,12 @@ impl Core {
         let stale_client_timeout = self.policy.read().stale_client_timeout;
         let template = match PendingGuard::enter(&self.pending, self.max_pending) {
             Some(_pending) => match stale_client_timeout {
-                None => self.template_for(&query).await,
+                // This future always runs to the end (misses are detached tasks), so it can do
+                // the resolution itself when it is the first to ask.
+                None => self.template_for(&query, Leader::Inline).await,
                 Some(client_timeout) => {
-                    let resolution = self.template_for(&query);
+                    // Giving up waiting drops this future: the resolution gets its own task.
+                    let resolution = self.template_for(&query, Leader::Spawn);
                     tokio::pin!(resolution);
                     // The resolution runs in its own task: giving up waiting does not stop it.
                     match tokio::time::timeout(client_timeout, &mut resolution).await {
@@ -715,13 +718,14 @@ impl Core {
         Some(out)
     }
 
-    async fn template_for(self: &Arc<Self>, query: &ClientQuery) -> Arc<[u8]> {
+    async fn template_for(self: &Arc<Self>, query: &ClientQuery, leader: Leader) -> Arc<[u8]> {
         let key = query.key();
-        let mut waiting = {
+        // In a block of its own: the lock guard must be gone before anything is awaited.
+        let started = {
             let mut inflight = self.inflight.lock();
             if let Some(running) = inflight.get(&key) {
                 Counters::bump(&self.counters.coalesced);
-                running.clone()
+                Err(running.clone())
             } else {
                 let Ok(permit) = self.resolutions.clone().try_acquire_owned() else {
                     Counters::bump(&self.counters.overloaded);
@@ -729,16 +733,39 @@ impl Core {
                 };
                 let (sender, receiver) = watch::channel(None);
                 inflight.insert(key.clone(), receiver.clone());
-                let core = self.clone();
-                let question = query.clone();
-                // Its own task, so a client that goes away does not cancel it for the others.
-                tokio::spawn(async move {
-                    let template = core.resolve_to_template(&question, false).await;
-                    core.inflight.lock().remove(&key);
-                    let _ = sender.send(Some(template));
-                    drop(permit);
-                });
-                receiver
+                Ok((sender, receiver, permit))
+            }
+        };
+        let mut waiting = match started {
+            Err(running) => running,
+            Ok((sender, receiver, permit)) => {
+                let entry = InflightEntry {
+                    core: self.clone(),
+                    key,
+                };
+                match leader {
+                    Leader::Inline => {
+                        // No task and no channel hop for the common case of one asker: on a
+                        // cold cache that was a measurable share of the CPU per miss.
+                        let template = self.resolve_to_template(query, false).await;
+                        drop(entry);
+                        let _ = sender.send(Some(template.clone()));
+                        drop(permit);
+                        return template;
+                    }
+                    Leader::Spawn => {
+                        let question = query.clone();
+                        // Its own task, so a client that goes away does not cancel it for the
+                        // others.
+                        tokio::spawn(async move {
+                            let template = entry.core.resolve_to_template(&question, false).await;
+                            drop(entry);
+                            let _ = sender.send(Some(template));
+                            drop(permit);
+                        });
+                        receiver
+                    }
+                }
             }
         };
         match waiting.wait_for(Option::is_some).await {
@@ -817,6 +844,29 @@ impl Core {
             tracing::trace!(%name, %record_type, %error, "answer not cached");
         }
         wire.into()
+    }
+}
+
+/// Who runs a resolution that nobody else is running yet.
+#[derive(Debug, Clone, Copy)]
+enum Leader {
+    /// The asking future itself: only for callers that never drop it before it finishes.
+    Inline,
+    /// A task of its own, which finishes even if the asker stops waiting.
+    Spawn,
+}
+
+/// A question's entry in [`Core::inflight`], removed when the resolution ends however it ends
+/// (also if its future is dropped or panics), so a later asker starts afresh instead of waiting
+/// on a channel nobody will ever send on.
+struct InflightEntry {
+    core: Arc<Core>,
+    key: Vec<u8>,
+}
+
+impl Drop for InflightEntry {
+    fn drop(&mut self) {
+        self.core.inflight.lock().remove(&self.key);
     }
 }
 
