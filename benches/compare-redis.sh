@@ -103,6 +103,7 @@ http_rate() {
     awk '/^Requests\/sec:/ {print $2}' <<<"$out"
 }
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 redis=$(redis_rate)
 fsync=$(http_rate "$fsync_addr")
 every=$(http_rate "$every_addr")
@@ -113,6 +114,7 @@ for addr in "$fsync_addr" "$every_addr"; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; }
+echo "load average before the runs: $load_before (1, 5, 15 min)"
 echo "load: $CONNECTIONS connections, unpipelined, one key, loopback; $(nproc) cores shared by client and server"
 echo "edgekit binary: $EDGEKIT; redis: $(redis-server --version | awk '{print $3}')"
 printf '%-58s %12s %9s\n' "" "incr/s" "vs Redis"

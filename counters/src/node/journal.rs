@@ -10,12 +10,23 @@
 //! top bit of the length set, whose payload is the postcard encoding of `(Retirement, [(key,
 //! increments, decrements)])`: the tombstone and every own entry the fold changed, so a crash
 //! keeps both or neither.
+//!
+//! Appends go to the logical end of the file. The per-increment append of
+//! [`Durability::FsyncEvery`](super::Durability::FsyncEvery) copies its record into a shared
+//! memory mapping of the file's tail instead of calling `write` (the syscall was ~15% of the
+//! server's time per HTTP increment): the bytes are in the page cache the moment the copy ends,
+//! which survives the process being killed exactly as a `write` does, and `fdatasync` on the
+//! file flushes them as it flushes written pages. The mapped tail is preallocated (zeros), which
+//! the loader reads as the end of the log (a zero header fails its checksum); a clean close
+//! trims it.
 
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Write},
+    os::{fd::AsRawFd, unix::fs::FileExt},
     path::{Path, PathBuf},
+    ptr::NonNull,
 };
 
 use crate::{PnCount, Retirement};
@@ -32,11 +43,97 @@ const MAX_RETIREMENT_RECORD_LEN: usize = 1 << 30;
 /// What a journal holds: every own entry (per-key maximum) and every retirement.
 pub(crate) type Loaded = (HashMap<String, PnCount>, Vec<Retirement>);
 
+/// Bytes of the file mapped at a time for per-increment appends: room for thousands of
+/// records, and more than the largest record plus the alignment of the window's start.
+const WINDOW_LEN: usize = 1 << 20;
+/// Windows start at a multiple of this (a multiple of every common page size).
+const WINDOW_ALIGN: u64 = 64 * 1024;
+
 pub(crate) struct Journal {
     file: File,
     path: PathBuf,
+    /// The logical end of the log: where the next record goes.
+    len: u64,
+    /// The mapped tail, once a per-increment append has needed it.
+    window: Option<MappedWindow>,
     /// Reused for every append, so the per-increment path does not allocate.
     buffer: Vec<u8>,
+}
+
+/// A shared, writable mapping of `len` bytes of the journal file from offset `start`, with the
+/// file's blocks for that range allocated up front.
+struct MappedWindow {
+    ptr: NonNull<u8>,
+    start: u64,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone (nothing else holds the pointer), and it is
+// written only through `&mut self`; moving it to another thread moves that sole ownership.
+unsafe impl Send for MappedWindow {}
+
+impl MappedWindow {
+    fn new(file: &File, start: u64, len: usize) -> io::Result<Self> {
+        let offset = libc::off_t::try_from(start).map_err(io::Error::other)?;
+        let size = libc::off_t::try_from(len).map_err(io::Error::other)?;
+        // Allocate the blocks now: a store into a mapped page whose block cannot be allocated
+        // (disk full) would kill the process with SIGBUS; here it is an error instead.
+        // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+        let code = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, size) };
+        if code != 0 {
+            return Err(io::Error::from_raw_os_error(code));
+        }
+        // SAFETY: a fresh mapping at an address the kernel chooses, of a range of a file we
+        // hold open for writing and that the line above made at least `start + len` long.
+        // Nothing else in this process maps or truncates the journal while the window lives
+        // (the file is private to the node's data directory).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Self { ptr, start, len })
+    }
+
+    /// Copy `bytes` into the window at file offset `at` (which the caller checked fits).
+    fn write_at(&mut self, at: u64, bytes: &[u8]) {
+        let offset = usize::try_from(at - self.start).unwrap_or(usize::MAX);
+        assert!(
+            offset
+                .checked_add(bytes.len())
+                .is_some_and(|end| end <= self.len),
+            "journal record outside its mapped window"
+        );
+        // SAFETY: the range lies inside the live mapping (checked above), which is writable,
+        // and `bytes` is ordinary memory that cannot overlap a range no one else references.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset),
+                bytes.len(),
+            );
+        }
+    }
+}
+
+impl Drop for MappedWindow {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping `new` created; no reference into it outlives
+        // `self` (`write_at` holds none past its return).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
 }
 
 impl Journal {
@@ -68,11 +165,15 @@ impl Journal {
         fs::rename(&compacted, &path)?;
         // The rename itself must be durable before we acknowledge anything on top of it.
         File::open(dir)?.sync_all()?;
-        let file = OpenOptions::new().append(true).open(&path)?;
+        // Readable too: a shared writable mapping needs a descriptor open for both.
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let len = file.metadata()?.len();
         Ok((
             Self {
                 file,
                 path,
+                len,
+                window: None,
                 buffer: Vec::new(),
             },
             (entries, retirements),
@@ -96,15 +197,39 @@ impl Journal {
         for (key, count) in entries {
             encode_record(&mut self.buffer, key, *count)?;
         }
-        self.file.write_all(&self.buffer)
+        let buffer = std::mem::take(&mut self.buffer);
+        let written = self.write_at_end(&buffer);
+        self.buffer = buffer;
+        written
+    }
+
+    /// Write `bytes` at the logical end, and move the end past them.
+    fn write_at_end(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
     }
 
     /// Append one key's entry without fsync, as [`append_unsynced`](Self::append_unsynced):
-    /// one `write` of one record, no allocation once the buffer has grown.
+    /// copied into the mapped tail (no syscall, no allocation once the buffer has grown).
     pub(crate) fn append_one_unsynced(&mut self, key: &str, count: PnCount) -> io::Result<()> {
         self.buffer.clear();
         encode_record(&mut self.buffer, key, count)?;
-        self.file.write_all(&self.buffer)
+        let end = self.len + self.buffer.len() as u64;
+        let fits = self.window.as_ref().is_some_and(|window| {
+            self.len >= window.start && end <= window.start + window.len as u64
+        });
+        if !fits {
+            // Unmap the old window before mapping the next.
+            self.window = None;
+            let start = self.len - self.len % WINDOW_ALIGN;
+            self.window = Some(MappedWindow::new(&self.file, start, WINDOW_LEN)?);
+        }
+        if let Some(window) = &mut self.window {
+            window.write_at(self.len, &self.buffer);
+        }
+        self.len = end;
+        Ok(())
     }
 
     /// A second handle on the journal file, for fsyncing it from another thread.
@@ -126,8 +251,20 @@ impl Journal {
                 buffer.len()
             )));
         }
-        self.file.write_all(&buffer)?;
+        self.write_at_end(&buffer)?;
         self.file.sync_data()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Trim the preallocated tail on a clean close (after a crash the next open's compaction
+        // drops it). The records themselves are in the page cache whatever happens here.
+        if self.window.take().is_some()
+            && let Err(err) = self.file.set_len(self.len)
+        {
+            tracing::debug!(path = %self.path.display(), error = %err, "cannot trim the journal");
+        }
     }
 }
 
@@ -314,6 +451,48 @@ mod tests {
         let (_, (entries, retirements)) = Journal::open(dir.path())?;
         assert_eq!(entries.get("x"), Some(&count(16, 2)));
         assert_eq!(retirements.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn mapped_appends_mix_with_written_ones_across_windows() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let crashed = tempfile::tempdir()?;
+        let long_key = "k".repeat(900);
+        let (mut journal, _) = Journal::open(dir.path())?;
+        journal.append(&[("w".into(), count(1, 0))])?;
+        // ~1 KiB records: 3000 of them cross two window boundaries.
+        for round in 1..=3000u64 {
+            journal.append_one_unsynced(&long_key, count(round, 0))?;
+            if round % 1000 == 0 {
+                journal.append_unsynced(&[("w".into(), count(round, 1))])?;
+            }
+        }
+        journal.append_one_unsynced("m", count(7, 7))?;
+        let logical_len = journal.len;
+        // What `kill -9` leaves: the records plus the zeroed, preallocated rest of the window.
+        let live = fs::read(journal.path())?;
+        assert!(live.len() as u64 > logical_len, "the tail is preallocated");
+        assert!(live[logical_len as usize..].iter().all(|&byte| byte == 0));
+        fs::write(crashed.path().join(FILE_NAME), &live)?;
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        // A clean close trims the tail.
+        assert_eq!(fs::metadata(&path)?.len(), logical_len);
+        for dir in [dir.path(), crashed.path()] {
+            let (mut journal, (entries, _)) = Journal::open(dir)?;
+            assert_eq!(entries.get(&long_key), Some(&count(3000, 0)));
+            assert_eq!(entries.get("w"), Some(&count(3000, 1)));
+            assert_eq!(entries.get("m"), Some(&count(7, 7)));
+            assert_eq!(entries.len(), 3);
+            // Appends after the reopened (compacted) end are read back too.
+            journal.append_one_unsynced("m", count(8, 7))?;
+            journal.append(&[("n".into(), count(1, 0))])?;
+            drop(journal);
+            let (_, (entries, _)) = Journal::open(dir)?;
+            assert_eq!(entries.get("m"), Some(&count(8, 7)));
+            assert_eq!(entries.get("n"), Some(&count(1, 0)));
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 mod frame;
 mod gossip;
+mod hot_routes;
 mod http;
 mod journal;
 mod tls;
