@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -210,28 +210,30 @@ fn three_nodes_converge_to_the_acknowledged_sum_through_a_frozen_node() {
     wait_until_all_read(&[&a, &b, &c], "total", expected, Duration::ZERO);
 }
 
-#[test]
-fn kill_9_mid_burst_loses_no_acknowledged_increment_and_counts_none_twice() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (addr_a, addr_b) = (free_addr(), free_addr());
-    let mut a = Node::start("a", addr_a, &[addr_b], dir_a.path());
-    let b = Node::start("b", addr_b, &[addr_a], dir_b.path());
-
+/// `clients` threads add 1 to `key` on `node` until it is killed with SIGKILL, which happens
+/// once `at_least` increments were acknowledged (or after 10 s). Each client stops at its first
+/// unanswered request, so at most one per client was in flight. Returns (acknowledged,
+/// unanswered).
+fn kill_9_mid_burst(
+    node: &mut Node,
+    key: &'static str,
+    clients: usize,
+    at_least: i64,
+) -> (i64, i64) {
     let acknowledged = Arc::new(AtomicI64::new(0));
-    let unanswered = Arc::new(AtomicU64::new(0));
+    let unanswered = Arc::new(AtomicI64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..3)
+    let threads: Vec<_> = (0..clients)
         .map(|_| {
             let (acknowledged, unanswered, stop) =
                 (acknowledged.clone(), unanswered.clone(), stop.clone());
-            let addr = a.http;
+            let addr = node.http;
             std::thread::spawn(move || {
-                // Each client stops at its first unanswered request: at most one in flight.
                 for _ in 0..100_000 {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    if incr(addr, "burst", 1).is_some() {
+                    if incr(addr, key, 1).is_some() {
                         acknowledged.fetch_add(1, Ordering::SeqCst);
                     } else {
                         unanswered.fetch_add(1, Ordering::SeqCst);
@@ -241,19 +243,34 @@ fn kill_9_mid_burst_loses_no_acknowledged_increment_and_counts_none_twice() {
             })
         })
         .collect();
-    // Let the burst run and gossip spread some of it, then crash in the middle of it.
     let started = Instant::now();
-    while acknowledged.load(Ordering::SeqCst) < 150 && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(10));
+    while acknowledged.load(Ordering::SeqCst) < at_least
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    a.kill9();
+    node.kill9();
     stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.join().unwrap();
+    for thread in threads {
+        thread.join().unwrap();
     }
     let acked = acknowledged.load(Ordering::SeqCst);
-    let in_flight = i64::try_from(unanswered.load(Ordering::SeqCst)).unwrap();
-    assert!(acked >= 150, "burst too small to mean anything: {acked}");
+    assert!(
+        acked >= at_least,
+        "burst too small to mean anything: {acked}"
+    );
+    (acked, unanswered.load(Ordering::SeqCst))
+}
+
+#[test]
+fn kill_9_mid_burst_loses_no_acknowledged_increment_and_counts_none_twice() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let mut a = Node::start("a", addr_a, &[addr_b], dir_a.path());
+    let b = Node::start("b", addr_b, &[addr_a], dir_b.path());
+
+    // Let the burst run and gossip spread some of it, then crash in the middle of it.
+    let (acked, in_flight) = kill_9_mid_burst(&mut a, "burst", 3, 150);
 
     let a = Node::start("a", addr_a, &[addr_b], dir_a.path());
     let restarted = a.get("burst");
@@ -308,41 +325,7 @@ fn concurrent_increments_survive_kill_9_exactly(extra: &[&str]) {
     // Phase 2: kill -9 in the middle of a concurrent burst: every acknowledged increment is
     // there, and at most the unanswered ones on top.
     let before = node.get("g0");
-    let acknowledged = Arc::new(AtomicI64::new(0));
-    let unanswered = Arc::new(AtomicI64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (acknowledged, unanswered, stop) =
-                (acknowledged.clone(), unanswered.clone(), stop.clone());
-            let addr = node.http;
-            std::thread::spawn(move || {
-                for _ in 0..100_000 {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if incr(addr, "g0", 1).is_some() {
-                        acknowledged.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        unanswered.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    while acknowledged.load(Ordering::SeqCst) < 300 && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    node.kill9();
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let acked = acknowledged.load(Ordering::SeqCst);
-    let in_flight = unanswered.load(Ordering::SeqCst);
-    assert!(acked >= 300, "burst too small to mean anything: {acked}");
+    let (acked, in_flight) = kill_9_mid_burst(&mut node, "g0", CLIENTS, 300);
     let node = Node::start_with("a", gossip, &[], dir.path(), extra);
     let restarted = node.get("g0") - before;
     assert!(
