@@ -481,6 +481,13 @@ fn cli_incr_get_and_status_talk_to_a_node() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("key is empty"));
+    // Anti-entropy on demand (the exchange itself is tested in the counters crate).
+    let (status, body) = self::http(node.http, "POST", "/v1/sync").expect("POST /v1/sync");
+    assert_eq!(
+        (status, &body["peers"]),
+        (202, &serde_json::json!(1)),
+        "{body}"
+    );
 }
 
 /// Node ids holding an entry for `key` on `node`.

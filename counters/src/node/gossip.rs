@@ -307,9 +307,14 @@ async fn exchange_with<S: Link>(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // After an exchange that could not carry everything, the next one starts at once.
     let mut more = false;
+    let mut sync_requests = shared.sync_requests.subscribe();
     loop {
         if !more {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                // The sender lives as long as `shared`, so this never ends in an error.
+                Ok(()) = sync_requests.changed() => ticker.reset(),
+            }
         }
         let (delta, truncated) = encode_off_runtime(shared, peer_has).await?;
         let push = Message::Exchange {

@@ -97,6 +97,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/ratelimit/", get(empty_key))
         .route("/v1/retire/{node}", post(retire))
         .route("/v1/status", get(status))
+        .route("/v1/sync", post(sync))
         .route("/metrics", get(metrics))
         .with_state(shared)
 }
@@ -341,6 +342,12 @@ async fn retire(State(shared): State<AppState>, Path(node): Path<String>) -> Res
         )
             .into_response(),
     }
+}
+
+/// Anti-entropy on demand: every connected peer link exchanges now.
+async fn sync(State(shared): State<AppState>) -> Response {
+    let peers = shared.request_sync();
+    (StatusCode::ACCEPTED, Json(json!({ "peers": peers }))).into_response()
 }
 
 async fn status(State(shared): State<AppState>) -> Response {

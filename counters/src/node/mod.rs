@@ -271,6 +271,9 @@ pub(crate) struct Shared {
     failed: Arc<AtomicBool>,
     limiters: Mutex<std::collections::HashMap<(u64, u64), crate::RateLimiter<String>>>,
     gossip_addr: SocketAddr,
+    /// Bumped by [`CounterNode::sync_now`]; every peer link watches it. A counter rather than a
+    /// `Notify`, so a link busy in an exchange when it is bumped still runs one more after.
+    sync_requests: watch::Sender<u64>,
 }
 
 /// A running counter node: durable local increments, push-pull anti-entropy with static peers
@@ -381,6 +384,7 @@ impl CounterNode {
             failed: Arc::clone(&failed),
             limiters: Mutex::new(std::collections::HashMap::new()),
             gossip_addr,
+            sync_requests: watch::Sender::new(0),
             config,
         });
         // The committer holds no `Shared`, so it ends once the node (the queue's sender) is gone.
@@ -460,6 +464,14 @@ impl CounterNode {
         &self.shared.counters
     }
 
+    /// Exchange with every connected peer now instead of at its next interval (anti-entropy on
+    /// demand, e.g. before reading a total that must include a just-made change). Returns at
+    /// once; a link that is down keeps its reconnect backoff. Returns how many peers are
+    /// configured.
+    pub fn sync_now(&self) -> usize {
+        self.shared.request_sync()
+    }
+
     /// Add `by` to `key` durably; returns the key's value as this node sees it afterwards.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64, NodeError> {
         self.shared.incr(key, by).await
@@ -499,6 +511,11 @@ impl Drop for CounterNode {
 }
 
 impl Shared {
+    fn request_sync(&self) -> usize {
+        self.sync_requests.send_modify(|requests| *requests += 1);
+        self.config.peers.len()
+    }
+
     async fn incr(&self, key: &str, by: i64) -> Result<i64, NodeError> {
         if let Durability::FsyncEvery(_) = self.config.durability {
             return self.incr_unsynced(key, by);

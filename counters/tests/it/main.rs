@@ -4,6 +4,7 @@ mod concurrency;
 mod crdt_laws;
 mod delta_format;
 mod model;
+mod node_sync;
 mod node_tls;
 mod rate_limiter;
 mod retire;
