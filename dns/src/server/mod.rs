@@ -747,22 +747,24 @@ impl Core {
                     Leader::Inline => {
                         // No task and no channel hop for the common case of one asker: on a
                         // cold cache that was a measurable share of the CPU per miss.
-                        let template = self.resolve_to_template(query, false).await;
-                        drop(entry);
-                        let _ = sender.send(Some(template.clone()));
-                        drop(permit);
-                        return template;
+                        let leading = Leading {
+                            entry,
+                            sender,
+                            permit,
+                        };
+                        return self.lead(query, false, leading).await;
                     }
                     Leader::Spawn => {
                         let question = query.clone();
+                        let core = self.clone();
+                        let leading = Leading {
+                            entry,
+                            sender,
+                            permit,
+                        };
                         // Its own task, so a client that goes away does not cancel it for the
                         // others.
-                        tokio::spawn(async move {
-                            let template = entry.core.resolve_to_template(&question, false).await;
-                            drop(entry);
-                            let _ = sender.send(Some(template));
-                            drop(permit);
-                        });
+                        tokio::spawn(async move { core.lead(&question, false, leading).await });
                         receiver
                     }
                 }
@@ -792,13 +794,33 @@ impl Core {
         drop(inflight);
         Counters::bump(&self.counters.prefetches);
         let core = self.clone();
+        let leading = Leading {
+            entry: InflightEntry {
+                core: self.clone(),
+                key,
+            },
+            sender,
+            permit,
+        };
         // Called from UDP worker threads too, which are outside the runtime.
-        self.runtime.spawn(async move {
-            let template = core.resolve_to_template(&query, true).await;
-            core.inflight.lock().remove(&key);
-            let _ = sender.send(Some(template));
-            drop(permit);
-        });
+        self.runtime
+            .spawn(async move { core.lead(&query, true, leading).await });
+    }
+
+    /// Run the resolution `leading` was started for and hand its answer to every waiter. The
+    /// in-flight entry goes first, so an asker arriving after the answer starts afresh; the
+    /// permit last, so the bound on resolutions covers the whole of it.
+    async fn lead(&self, query: &ClientQuery, refresh: bool, leading: Leading) -> Arc<[u8]> {
+        let Leading {
+            entry,
+            sender,
+            permit,
+        } = leading;
+        let template = self.resolve_to_template(query, refresh).await;
+        drop(entry);
+        let _ = sender.send(Some(template.clone()));
+        drop(permit);
+        template
     }
 
     async fn resolve_to_template(&self, query: &ClientQuery, refresh: bool) -> Arc<[u8]> {
@@ -854,6 +876,13 @@ enum Leader {
     Inline,
     /// A task of its own, which finishes even if the asker stops waiting.
     Spawn,
+}
+
+/// What the one asker that runs a resolution holds until it ends (see [`Core::lead`]).
+struct Leading {
+    entry: InflightEntry,
+    sender: watch::Sender<Option<Arc<[u8]>>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A question's entry in [`Core::inflight`], removed when the resolution ends however it ends
