@@ -175,7 +175,16 @@ fn parse_param<T: std::str::FromStr>(
     name: &str,
     default: Option<T>,
 ) -> Result<T, BadInput> {
-    match query.get(name) {
+    parse_value(name, query.get(name).map(String::as_str), default)
+}
+
+/// Parameter `name`'s value `text`, or `default` when it was not given.
+fn parse_value<T: std::str::FromStr>(
+    name: &str,
+    text: Option<&str>,
+    default: Option<T>,
+) -> Result<T, BadInput> {
+    match text {
         Some(text) => text.parse().map_err(|_| {
             format!(
                 "{name} = {text:?}: not a valid {}",
@@ -205,12 +214,9 @@ async fn incr(
     if let Err(message) = check_key(&key) {
         return bad_request(message);
     }
-    let by: i64 = match params.by {
-        Some(text) => match text.parse() {
-            Ok(by) => by,
-            Err(_) => return bad_request(format!("by = {text:?}: not a valid i64")),
-        },
-        None => 1,
+    let by: i64 = match parse_value("by", params.by.as_deref(), Some(1)) {
+        Ok(by) => by,
+        Err(message) => return bad_request(message),
     };
     match shared.incr(&key, by).await {
         Ok(value) => (
