@@ -739,29 +739,20 @@ impl Core {
         let mut waiting = match started {
             Err(running) => running,
             Ok((sender, receiver, permit)) => {
-                let entry = InflightEntry {
-                    core: self.clone(),
-                    key,
+                let leading = Leading {
+                    entry: InflightEntry {
+                        core: self.clone(),
+                        key,
+                    },
+                    sender,
+                    permit,
                 };
                 match leader {
-                    Leader::Inline => {
-                        // No task and no channel hop for the common case of one asker: on a
-                        // cold cache that was a measurable share of the CPU per miss.
-                        let leading = Leading {
-                            entry,
-                            sender,
-                            permit,
-                        };
-                        return self.lead(query, false, leading).await;
-                    }
+                    // No task and no channel hop for the common case of one asker: on a cold
+                    // cache that was a measurable share of the CPU per miss.
+                    Leader::Inline => return self.lead(query, false, leading).await,
                     Leader::Spawn => {
-                        let question = query.clone();
-                        let core = self.clone();
-                        let leading = Leading {
-                            entry,
-                            sender,
-                            permit,
-                        };
+                        let (core, question) = (self.clone(), query.clone());
                         // Its own task, so a client that goes away does not cancel it for the
                         // others.
                         tokio::spawn(async move { core.lead(&question, false, leading).await });
