@@ -71,6 +71,7 @@ mod delta;
 mod node;
 mod node_id;
 mod pn;
+mod probe_table;
 mod ratelimit;
 mod set;
 

@@ -67,8 +67,10 @@ fn memory_per_key_is_bounded() {
         local_only > 40.0,
         "a key cannot cost less than its entry: {local_only}"
     );
-    // 88-byte slots plus table spare capacity measured 117 B/key (was 138 with SipHash maps).
-    assert!(local_only < 125.0, "local-only keys cost {local_only:.0} B");
+    // 48-byte probe-table slots at a load of 3/8 to 3/4 plus a 56-byte boxed metadata record:
+    // measured 182 B/key here (200k keys: tables just past a doubling, load 0.38). The inline
+    // 88-byte SwissTable slots measured 117 B/key but missed the cache twice per increment.
+    assert!(local_only < 200.0, "local-only keys cost {local_only:.0} B");
     assert!(
         with_a_peer < local_only + 32.0,
         "a peer entry costs {:.0} B",
