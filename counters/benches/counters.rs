@@ -103,6 +103,9 @@ fn key_walk(len: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Keys per `add_batch` call in the batched keyed bench (a power of two dividing `KEYS`).
+const BATCH: usize = 1024;
+
 fn keyed(c: &mut Criterion) {
     let set = CounterSet::<u64>::new(NodeId::new("bench").unwrap());
     for key in 0..KEYS {
@@ -124,6 +127,29 @@ fn keyed(c: &mut Criterion) {
                         let index = (i + thread as u64 * (KEYS / 2)) & mask;
                         set.incr(&walk[index as usize]);
                     })
+                });
+            },
+        );
+    }
+    // The same walk in batches, as a service counting a batch of requests or log lines would.
+    let batch: Vec<(&u64, i64)> = walk.iter().map(|key| (key, 1)).collect();
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(
+            BenchmarkId::new(
+                format!("CounterSet::add_batch, {BATCH} keys per call"),
+                format!("{threads}-thread"),
+            ),
+            |b| {
+                b.iter_custom(|iters| {
+                    // `iters` keys per thread, in whole batches (rounded up).
+                    let calls = iters.div_ceil(BATCH as u64);
+                    let elapsed = parallel(threads, calls, &|thread, call| {
+                        let start = (call * BATCH as u64 + thread as u64 * (KEYS / 2)) & mask;
+                        let start = start as usize & !(BATCH - 1);
+                        set.add_batch(batch[start..start + BATCH].iter().copied());
+                    });
+                    elapsed.mul_f64(iters as f64 / (calls * BATCH as u64) as f64)
                 });
             },
         );

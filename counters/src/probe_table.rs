@@ -117,6 +117,16 @@ impl<T> ProbeTable<T> {
         removed
     }
 
+    /// Read the hash's home slot and let the result go: a plain load that brings the slot's
+    /// cache line in, so that a batch can have several of these misses in flight at once
+    /// before it looks any of them up.
+    #[inline]
+    pub(crate) fn touch(&self, hash: u64) {
+        if let Some(mask) = self.slots.len().checked_sub(1) {
+            std::hint::black_box(self.slots[hash as usize & mask].is_some());
+        }
+    }
+
     /// Probe from the hash's home slot to the entry or to the first empty slot; `None` when
     /// the table has no slots yet.
     #[inline]

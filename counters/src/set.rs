@@ -419,8 +419,12 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
     /// (the low bits) leaves independent for any shard below 2^40 slots.
     #[inline]
     fn shard(&self, hash: u64) -> &Shard<K> {
-        let index = (hash >> 40) as usize & (self.inner.shards.len() - 1);
-        &self.inner.shards[index]
+        &self.inner.shards[self.shard_index(hash)]
+    }
+
+    #[inline]
+    fn shard_index(&self, hash: u64) -> usize {
+        (hash >> 40) as usize & (self.inner.shards.len() - 1)
     }
 
     /// Run `with` on the key's entry if it exists, under its shard's read lock.
@@ -477,6 +481,49 @@ impl<K: Hash + Eq + Clone> CounterSet<K> {
         }
         let now_ms = self.now_ms();
         self.with_entry_inserted(hash, key.to_owned(), now_ms, |entry| entry.local.add(by));
+    }
+
+    /// Add each `(key, by)` of a batch, as [`add`](Self::add) would one by one.
+    ///
+    /// Faster per key than single adds when the keys are many and spread out (per-client
+    /// counting over a batch of requests or log lines): keys are grouped by shard, so each
+    /// shard's lock is taken once per batch, and the slots of the next few keys are loaded
+    /// together, so their cache misses overlap instead of following one another. The batch is
+    /// applied shard by shard; a reader may see part of it.
+    pub fn add_batch<'q, Q>(&self, batch: impl IntoIterator<Item = (&'q Q, i64)>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized + 'q,
+    {
+        /// Keys whose slots are loaded together: enough to overlap the misses, few enough
+        /// that the slots are still cached when their turn comes.
+        const IN_FLIGHT: usize = 8;
+        let mut pending: Vec<(usize, u64, &Q, i64)> = batch
+            .into_iter()
+            .map(|(key, by)| {
+                let hash = self.hash(key);
+                (self.shard_index(hash), hash, key, by)
+            })
+            .collect();
+        pending.sort_unstable_by_key(|(shard, ..)| *shard);
+        let mut absent = Vec::new();
+        for group in pending.chunk_by(|a, b| a.0 == b.0) {
+            let table = self.inner.shards[group[0].0].read();
+            for chunk in group.chunks(IN_FLIGHT) {
+                for (_, hash, _, _) in chunk {
+                    table.touch(*hash);
+                }
+                for &(_, hash, key, by) in chunk {
+                    match table.find(hash, |slot| slot.key.borrow() == key) {
+                        Some(slot) => slot.entry.local.add(by),
+                        None => absent.push((key, by)),
+                    }
+                }
+            }
+        }
+        for (key, by) in absent {
+            self.add(key, by);
+        }
     }
 
     /// Add one to `key`.

@@ -64,6 +64,47 @@ fn keyed_set_reads_exactly_threads_times_increments_per_key() {
 }
 
 #[test]
+fn batched_adds_from_many_threads_read_exactly_what_was_added() {
+    // Keys that do not exist yet (so batches race with inserts), repeated within a batch, with
+    // both signs: every (thread, i) adds +2 to one key and -1 to another.
+    let set = CounterSet::<String>::new(NodeId::new("n1").unwrap());
+    const KEYS: usize = 500;
+    const BATCH: usize = 64;
+    let names: Vec<String> = (0..KEYS).map(|key| format!("client-{key}")).collect();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (set, names) = (set.clone(), &names);
+            scope.spawn(move || {
+                let mut batch: Vec<(&str, i64)> = Vec::with_capacity(2 * BATCH);
+                for i in 0..PER_THREAD / 10 {
+                    batch.push((&names[(i + thread * 13) % KEYS], 2));
+                    batch.push((&names[(i * 7 + thread) % KEYS], -1));
+                    if batch.len() == 2 * BATCH {
+                        set.add_batch(batch.drain(..));
+                    }
+                }
+                set.add_batch(batch.drain(..));
+            });
+        }
+    });
+    let mut want = vec![(0u64, 0u64); KEYS];
+    for thread in 0..THREADS {
+        for i in 0..PER_THREAD / 10 {
+            want[(i + thread * 13) % KEYS].0 += 2;
+            want[(i * 7 + thread) % KEYS].1 += 1;
+        }
+    }
+    for (name, (increments, decrements)) in names.iter().zip(want) {
+        let totals = set.totals(name.as_str());
+        assert_eq!(
+            (totals.increments, totals.decrements),
+            (increments, decrements),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn one_hot_key_in_a_set_loses_nothing() {
     let set = CounterSet::<String>::new(NodeId::new("n1").unwrap());
     std::thread::scope(|scope| {
