@@ -88,6 +88,9 @@ struct Work {
     queries: u32,
     minimisation_queries: u8,
     trace: Vec<TraceStep>,
+    /// Whether to fill `trace`: only `resolve_traced` returns it, so the server's resolutions
+    /// (`resolve_untraced`) skip cloning zone, name and referral NS names per upstream query.
+    record_trace: bool,
     in_progress: Vec<(Name, RecordType)>,
     /// A refresh: the cached answer for this (lowercased) question is ignored once, so the
     /// authoritative servers are asked again (cached delegations are still used).
@@ -193,7 +196,20 @@ impl Resolver {
         name: &Name,
         record_type: RecordType,
     ) -> Result<Resolution, ResolveError> {
-        self.resolve_traced(name, record_type)
+        self.resolve_with(name, record_type, false, true)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// Like [`Resolver::resolve`], but without a trace (`Resolution::trace` is empty): the
+    /// server's path, which never shows one, so a miss does not clone the zone, the name sent
+    /// and a referral's NS names into a trace step per upstream query.
+    pub async fn resolve_untraced(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+    ) -> Result<Resolution, ResolveError> {
+        self.resolve_with(name, record_type, false, false)
             .await
             .map_err(|failed| failed.error)
     }
@@ -205,7 +221,7 @@ impl Resolver {
         name: &Name,
         record_type: RecordType,
     ) -> Result<Resolution, FailedResolution> {
-        self.resolve_with(name, record_type, false).await
+        self.resolve_with(name, record_type, false, true).await
     }
 
     /// Ask the authoritative servers again for `name`/`record_type` even when its answer is
@@ -216,7 +232,7 @@ impl Resolver {
         name: &Name,
         record_type: RecordType,
     ) -> Result<Resolution, ResolveError> {
-        self.resolve_with(name, record_type, true)
+        self.resolve_with(name, record_type, true, true)
             .await
             .map_err(|failed| failed.error)
     }
@@ -226,6 +242,7 @@ impl Resolver {
         name: &Name,
         record_type: RecordType,
         refresh: bool,
+        record_trace: bool,
     ) -> Result<Resolution, FailedResolution> {
         if matches!(
             record_type,
@@ -248,6 +265,7 @@ impl Resolver {
             queries: 0,
             minimisation_queries: 0,
             trace: Vec::new(),
+            record_trace,
             in_progress: vec![(name.to_lowercase(), record_type)],
             skip_cached_answer: refresh.then(|| (name.to_lowercase(), record_type)),
         };
@@ -444,7 +462,11 @@ impl Resolver {
                     .cache
                     .insert_learned_cut(&soa.name, &ns_names, soa.ttl);
             }
-            let mut step = |outcome| {
+            let record_trace = work.record_trace;
+            let mut step = |outcome: StepOutcome| {
+                if !record_trace {
+                    return;
+                }
                 work.trace.push(TraceStep {
                     depth,
                     zone: zone.clone(),
@@ -467,10 +489,12 @@ impl Resolver {
                 return Ok(Outcome::NxDomain(soa));
             }
             if let Some((cut, servers)) = referral(message, &zone, &sent_name) {
-                step(StepOutcome::Referral {
-                    zone: cut.clone(),
-                    servers: servers.clone(),
-                });
+                if record_trace {
+                    step(StepOutcome::Referral {
+                        zone: cut.clone(),
+                        servers: servers.clone(),
+                    });
+                }
                 self.cache_referral(message, &cut, &servers);
                 zone = cut;
                 ns_names = servers;
@@ -661,6 +685,9 @@ impl Resolver {
             let started = Instant::now();
             let mut fail = |work: &mut Work, outcome: StepOutcome| {
                 failures.push(format!("{server}: {outcome}"));
+                if !work.record_trace {
+                    return;
+                }
                 work.trace.push(TraceStep {
                     depth,
                     zone: zone.clone(),

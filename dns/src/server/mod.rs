@@ -824,7 +824,7 @@ impl Core {
             if refresh {
                 self.resolver.refresh(&name, record_type).await
             } else {
-                self.resolver.resolve(&name, record_type).await
+                self.resolver.resolve_untraced(&name, record_type).await
             }
         };
         let outcome = tokio::time::timeout(self.resolution_timeout, resolution).await;
