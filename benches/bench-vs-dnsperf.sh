@@ -29,6 +29,8 @@
 # either tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -170,7 +172,6 @@ for round in $(seq 1 "$ROUNDS"); do
     edgekit_qps+=("$qps"); edgekit_cpu+=("$cpu"); edgekit_busy+=("$busy"); edgekit_server+=("$server")
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 d=$(median "${dnsperf_qps[@]}")
 e=$(median "${edgekit_qps[@]}")
 ds=$(median "${dnsperf_server[@]}")
