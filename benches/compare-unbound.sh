@@ -218,6 +218,11 @@ thread_ticks() {
         awk '{print $1, $14 + $15}' "$stat" 2>/dev/null || true
     done
 }
+# Context switches (voluntary + involuntary) over all of a server's threads: each hand-off of a
+# question between threads, and each wait for a reply, is one.
+context_switches() {
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
+}
 # cold NAME ADDR: the query file once each, 16 outstanding. Records the batch time (first send
 # to last reply, from the generator's report: the figure compared), the process wall time
 # around it (includes the generator's start-up and exit), the upstream queries NSD counted and
@@ -228,10 +233,13 @@ cold() {
     local ticks_before ticks_after
     thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-before"
     ticks_before=$(awk '{t += $2} END {print t}' "$work/cold-ticks-before")
+    local switches_before
+    switches_before=$(context_switches "${server_pid[$1]}")
     started=$(date +%s.%N)
     "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
         --timeout 5s --json >"$work/cold-$1.json"
     ended=$(date +%s.%N)
+    cold_switches[$1]+="$(($(context_switches "${server_pid[$1]}") - switches_before)) "
     thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-after"
     ticks_after=$(awk '{t += $2} END {print t}' "$work/cold-ticks-after")
     # CPU seconds per busy thread (name: seconds), to see where a server spends it.
@@ -248,7 +256,7 @@ cold() {
 }
 
 cold_ratios=""
-declare -A run_batch cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
+declare -A run_batch cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
 start_servers() {
     sed -i "s/^  num-threads: .*/  num-threads: $THREADS/" "$work/unbound.conf"
     "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
@@ -278,8 +286,9 @@ for run in $(seq 1 "$COLD_RUNS"); do
         set -- ${cold_upstream[$server]}; u=${*: -1}
         set -- ${cold_latency[$server]}; l=${*: -1}
         set -- ${cold_cpu[$server]}; c=${*: -1}
+        set -- ${cold_switches[$server]}; s=${*: -1}
         run_batch[$server]=$w
-        echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]})"
+        echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]}), context switches $s"
     done
     cold_ratios+="$(awk -v e="${run_batch[edgekit]}" -v u="${run_batch[unbound]}" 'BEGIN {printf "%.2f", e / u}') "
 done
@@ -426,7 +435,7 @@ echo
 echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
 echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s, context switches $(median ${cold_switches[$server]}), upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"

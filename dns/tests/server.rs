@@ -465,6 +465,42 @@ async fn shutdown_drains_and_stops_answering() {
     drop(hierarchy);
 }
 
+/// A UDP miss is resolved on the worker thread that received it; stopping that worker must not
+/// drop the resolution under way: its answer is still sent, and shutdown reports a full drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_a_udp_miss_already_being_resolved() {
+    let fixture = Fixture::start().await;
+    fixture
+        .hierarchy
+        .server("ns1.example.test.")
+        .set_behaviour(Behaviour {
+            delay: Some(Duration::from_millis(300)),
+            ..Behaviour::default()
+        });
+    let server = fixture.udp();
+    let asking = tokio::spawn(async move {
+        udp_ask(server, &query(7, "slow.example.test.", RecordType::A, None)).await
+    });
+    // Until the question has reached the slow leaf, i.e. the resolution is under way.
+    let started = std::time::Instant::now();
+    while fixture.leaf_queries_for("slow.example.test.") == 0 {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the question never reached the leaf"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let Fixture {
+        hierarchy,
+        server: dns,
+    } = fixture;
+    assert!(dns.shutdown(Duration::from_secs(3)).await, "drained");
+    let answer = asking.await.unwrap();
+    assert_eq!(answer.metadata.id, 7);
+    assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 3)]);
+    drop(hierarchy);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn special_use_names_are_answered_locally() {
     let fixture = Fixture::start().await;

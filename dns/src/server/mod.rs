@@ -168,9 +168,14 @@ impl DnsServer {
                     server.udp_stop.clone(),
                     server.in_flight.clone(),
                 );
+                // Built here, so a failure is the caller's error rather than a dead thread.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(ServerError::Thread)?;
                 let thread = std::thread::Builder::new()
                     .name("edgekit-dns-udp".into())
-                    .spawn(move || udp::serve(core, sockets, own, stop, guard))
+                    .spawn(move || udp::serve(runtime, core, sockets, own, stop, guard))
                     .map_err(ServerError::Thread)?;
                 server.udp_threads.push(thread);
             }
@@ -514,18 +519,19 @@ impl Core {
         *tally = Tally::default();
     }
 
-    /// Resolve a UDP miss on the runtime and send the reply from there (non-blocking: a full
-    /// socket buffer drops the reply, as it would any datagram).
+    /// Resolve a UDP miss on the calling UDP worker's own runtime and send the reply from there
+    /// (non-blocking: a full socket buffer drops the reply, as it would any datagram). `guards`
+    /// are held until the reply is sent.
     fn spawn_udp_miss(
         self: &Arc<Self>,
         socket: &Arc<std::net::UdpSocket>,
         query: ClientQuery,
         max_len: usize,
         peer: SocketAddr,
-        in_flight: &Arc<()>,
+        guards: [Arc<()>; 2],
     ) {
-        let (core, socket, guard) = (self.clone(), socket.clone(), in_flight.clone());
-        self.runtime.spawn(async move {
+        let (core, socket) = (self.clone(), socket.clone());
+        tokio::spawn(async move {
             let reply = core.answer_miss(query, max_len).await;
             core.counters.count_reply(&reply);
             let sent = socket2::SockRef::from(&*socket).send_to_with_flags(
@@ -536,7 +542,7 @@ impl Core {
             if let Err(error) = sent {
                 tracing::debug!(%peer, %error, "UDP send failed");
             }
-            drop(guard);
+            drop(guards);
         });
     }
 

@@ -1,16 +1,24 @@
-//! The UDP hot path: one OS thread per SO_REUSEPORT socket, receiving and sending in batches.
+//! The UDP hot path: one OS thread per SO_REUSEPORT socket, receiving and sending in batches,
+//! and resolving its own misses.
 //!
 //! Each thread reads its own socket with `recvmmsg(2)` (up to [`BATCH`] datagrams per call),
 //! answers every packet-cache hit into a reused buffer, and sends all the replies with one
 //! `sendmmsg(2)`. When its own socket is empty it drains the other sockets of the same address
-//! before sleeping in `epoll_wait` on all of them (EPOLLEXCLUSIVE: one thread woken per
-//! datagram): the kernel's SO_REUSEPORT hash often gives one socket most of the clients (with 4
-//! client sockets and 2 server sockets, a 3-1 split or worse half the time), and an idle thread
-//! then takes over part of the busy socket's queue instead of waiting beside it. Under load that is two system calls per batch instead of two
-//! per query, with no async runtime between the socket and the cache. Counters are tallied in
-//! the thread and added to the shared ones once per batch; the reloadable policy is re-read
-//! only when its generation changes. Misses go to the tokio runtime, which sends their replies
-//! with a non-blocking `sendto`.
+//! before it sleeps: the kernel's SO_REUSEPORT hash often gives one socket most of the clients
+//! (with 4 client sockets and 2 server sockets, a 3-1 split or worse half the time), and an idle
+//! thread then takes over part of the busy socket's queue instead of waiting beside it. Under
+//! load that is two system calls per batch instead of two per query, with no async runtime
+//! between the socket and the cache. Counters are tallied in the thread and added to the shared
+//! ones once per batch; the reloadable policy is re-read only when its generation changes.
+//!
+//! Each thread drives a current-thread tokio runtime of its own, and a miss is resolved as a
+//! task on it, the way Unbound's threads each run one event loop: the query, its upstream
+//! exchanges and the reply stay on the thread that received it. Handing misses to a shared
+//! multi-thread runtime cost two thread hand-offs per question (twice Unbound's context
+//! switches on a cold cache, docs/benchmarks.md). The loop therefore sleeps in the runtime, not
+//! in `epoll_wait`: an epoll instance over the sockets is registered with the runtime's reactor,
+//! so one wake-up serves a datagram for the loop and an upstream reply for a task alike. Under
+//! load the loop yields to the runtime after each batch while it has misses outstanding.
 //!
 //! `libc` is called directly: socket2 has no `recvmmsg`/`sendmmsg`, nix's wrappers allocate per
 //! call, and quinn-udp batches only towards one destination (GSO), not to many clients.
@@ -19,13 +27,15 @@ use std::{
     io,
     mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{Core, Fast, PolicyView, Tally};
 
@@ -33,7 +43,7 @@ use super::{Core, Fast, PolicyView, Tally};
 pub(super) const BATCH: usize = 32;
 /// Largest query read; a longer datagram (no real query is) is dropped.
 const MAX_QUERY_LEN: usize = 4096;
-/// How often a thread asleep in `epoll_wait` looks at the stop flag.
+/// How often an idle thread looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// Reused per-thread storage for one batch.
@@ -224,31 +234,54 @@ impl Readiness {
         }
         Ok(Self { epoll })
     }
+}
 
-    /// Sleep until some socket is readable or `timeout` passes.
-    fn wait(&self, timeout: Duration) {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `events` is a writable array of 8 epoll_event and we pass that length.
-        let _ = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 8, millis) };
+impl AsRawFd for Readiness {
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
     }
 }
 
-/// The worker thread's loop for `sockets[own]`; returns when `stop` is set.
+/// The worker thread's loop for `sockets[own]` on `runtime` (its own, current-thread); returns
+/// when `stop` is set and the misses it started have been answered (or after
+/// [`MISS_DRAIN_LIMIT`]).
 pub(super) fn serve(
+    runtime: tokio::runtime::Runtime,
     core: Arc<Core>,
     sockets: Arc<[Arc<UdpSocket>]>,
     own: usize,
     stop: Arc<AtomicBool>,
     in_flight: Arc<()>,
 ) {
-    let readiness = match Readiness::new(&sockets) {
+    runtime.block_on(serve_loop(core, sockets, own, stop, in_flight));
+}
+
+/// How long a stopping thread keeps running its misses' tasks: past every resolution timeout,
+/// so stopping never cuts an answer short that could still be sent.
+const MISS_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+async fn serve_loop(
+    core: Arc<Core>,
+    sockets: Arc<[Arc<UdpSocket>]>,
+    own: usize,
+    stop: Arc<AtomicBool>,
+    in_flight: Arc<()>,
+) {
+    let registered = Readiness::new(&sockets).and_then(|readiness| {
+        // SAFETY: `Readiness` owns its epoll descriptor (an `OwnedFd` set once in `new` and
+        // never replaced), so the descriptor stays open and the same for the `AsyncFd`'s life.
+        unsafe { AsyncFd::register_with_interest(readiness, Interest::READABLE) }
+            .map_err(io::Error::from)
+    });
+    let readiness = match registered {
         Ok(readiness) => readiness,
         Err(error) => {
             tracing::warn!(%error, "cannot watch the UDP sockets; stopping this worker");
             return;
         }
     };
+    // One clone per miss task of this thread: its strong count tells how many are running.
+    let local_misses = Arc::new(());
     let mut slots = Slots::new();
     let mut tally = Tally::default();
     let mut policy = core.policy_snapshot();
@@ -272,17 +305,44 @@ pub(super) fn serve(
             };
             if received > 0 {
                 core.refresh_policy(&mut policy);
+                let misses = Misses {
+                    local: &local_misses,
+                    in_flight: &in_flight,
+                };
                 answer_batch(
-                    &core, socket, &mut slots, received, &policy, &mut tally, &in_flight,
+                    &core, socket, &mut slots, received, &policy, &mut tally, misses,
                 );
                 served = true;
                 break;
             }
         }
-        if !served {
-            readiness.wait(STOP_POLL);
+        if served {
+            // Misses' tasks (and the reactor delivering their upstream replies) run only when
+            // this loop gives the thread up.
+            if Arc::strong_count(&local_misses) > 1 {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        // Every socket is empty: sleep until one is readable (or a miss's task has work).
+        // Readiness is cleared before the sockets are read again, so a datagram arriving in
+        // between wakes the next wait instead of being missed.
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(STOP_POLL, readiness.readable()).await {
+            guard.clear_ready();
         }
     }
+    let deadline = Instant::now() + MISS_DRAIN_LIMIT;
+    while Arc::strong_count(&local_misses) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What a miss's task holds while it runs: one guard counted by this thread, one by the server's
+/// shutdown.
+#[derive(Clone, Copy)]
+struct Misses<'a> {
+    local: &'a Arc<()>,
+    in_flight: &'a Arc<()>,
 }
 
 /// Answer the `received` datagrams in `slots` and send the replies from `socket`.
@@ -293,7 +353,7 @@ fn answer_batch(
     received: usize,
     policy: &PolicyView,
     tally: &mut Tally,
-    in_flight: &Arc<()>,
+    misses: Misses<'_>,
 ) {
     let mut replies = 0;
     for index in 0..received {
@@ -323,7 +383,13 @@ fn answer_batch(
                 // The miss may be answered before this batch ends; its query must already be
                 // counted by then, as the comment on the flush below promises.
                 core.flush(tally);
-                core.spawn_udp_miss(socket, query, max_len, peer, in_flight);
+                core.spawn_udp_miss(
+                    socket,
+                    query,
+                    max_len,
+                    peer,
+                    [misses.local.clone(), misses.in_flight.clone()],
+                );
             }
         }
     }
