@@ -13,6 +13,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a cold DNS miss makes dozens of small allocations
+/// (hickory-proto names and records), and with glibc they were a sixth of the resolver's
+/// user-space CPU (docs/benchmarks.md, "DNS server vs Unbound", session 6).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     if let Err(err) = logging::init(&cli.global) {
