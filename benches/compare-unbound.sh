@@ -218,6 +218,11 @@ thread_ticks() {
         awk '{print $1, $14 + $15}' "$stat" 2>/dev/null || true
     done
 }
+# CPU nanoseconds over all of a server's threads (the scheduler's own account, first field of
+# schedstat: finer than the 10 ms ticks of stat, which a 50 ms batch needs).
+cpu_ns() {
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%d", t}'
+}
 # Context switches (voluntary + involuntary) over all of a server's threads: each hand-off of a
 # question between threads, and each wait for a reply, is one.
 context_switches() {
@@ -230,24 +235,22 @@ context_switches() {
 cold() {
     local before after started ended
     before=$(upstream)
-    local ticks_before ticks_after
     thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-before"
-    ticks_before=$(awk '{t += $2} END {print t}' "$work/cold-ticks-before")
-    local switches_before
+    local switches_before cpu_before
     switches_before=$(context_switches "${server_pid[$1]}")
+    cpu_before=$(cpu_ns "${server_pid[$1]}")
     started=$(date +%s.%N)
     "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
         --timeout 5s --json >"$work/cold-$1.json"
     ended=$(date +%s.%N)
     cold_switches[$1]+="$(($(context_switches "${server_pid[$1]}") - switches_before)) "
+    cold_cpu[$1]+="$(awk -v a="$cpu_before" -v b="$(cpu_ns "${server_pid[$1]}")" 'BEGIN {printf "%.3f", (b - a) / 1e9}') "
     thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-after"
-    ticks_after=$(awk '{t += $2} END {print t}' "$work/cold-ticks-after")
     # CPU seconds per busy thread (name: seconds), to see where a server spends it.
     cold_threads[$1]=$(awk -v hz="$CLK_TCK" 'NR == FNR {before[$1] = $2; next}
         {d = ($2 - before[$1]) / hz; if (d > 0) {cmd = "cat /proc/'"${server_pid[$1]}"'/task/" $1 "/comm"; cmd | getline name; close(cmd); printf "%s%s %.2f", sep, name, d; sep = ", "}}' \
         "$work/cold-ticks-before" "$work/cold-ticks-after")
     after=$(upstream)
-    cold_cpu[$1]+="$(awk -v a="$ticks_before" -v b="$ticks_after" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}') "
     cold_process[$1]+="$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}') "
     cold_wall[$1]+="$(json_field '["elapsed_seconds"]' <"$work/cold-$1.json") "
     cold_upstream[$1]+="$((after - before)) "
@@ -435,10 +438,10 @@ echo
 echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
 echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s, context switches $(median ${cold_switches[$server]}), upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
-echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
+echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
 if ((ROUNDS > 0)); then
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
 for server in unbound edgekit; do

@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -85,17 +85,7 @@ async fn udp_exchange(
 ) -> Result<Message, ExchangeError> {
     let id: u16 = rand::random();
     let query = wire::build_query(id, name, record_type, edns_buffer_size)?;
-    // A fresh socket per query: the kernel picks a random ephemeral source port (RFC 5452).
-    let local: SocketAddr = match server.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).await?;
-    // Connected, as Unbound's `udp-connect` does: the kernel routes once instead of per send,
-    // drops datagrams from any other address before they wake us, and reports an ICMP
-    // "port unreachable" as an error at once instead of letting the query time out.
-    socket.connect(server).await?;
-    socket.send(&query).await?;
+    let socket = send_udp_query(server, &query).await?;
     // Room for the largest message, but not zeroed: `recv_buf` writes into spare capacity, and
     // clearing 64 KiB per upstream query was a tenth of the resolver's CPU on a cold cache.
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_MESSAGE_LEN);
@@ -124,6 +114,35 @@ async fn udp_exchange(
             }
         }
     }
+}
+
+/// A fresh socket per query, so the kernel picks a random ephemeral source port (RFC 5452),
+/// with `query` sent on it.
+///
+/// Connected, as Unbound's `udp-connect` does: the kernel routes once instead of per send,
+/// drops datagrams from any other address before they wake us, and reports an ICMP "port
+/// unreachable" as an error at once instead of letting the query time out. Connecting binds
+/// the random port, so there is no separate `bind`. The query is sent before the socket is
+/// handed to the runtime: tokio's `send` on a socket it has just registered first waits for
+/// the reactor to report it writable, one more `epoll_wait` (and often a wake-up) per
+/// upstream query, while a fresh UDP socket can always take one datagram.
+async fn send_udp_query(server: SocketAddr, query: &[u8]) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::DGRAM.nonblocking(),
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.connect(&server.into())?;
+    let sent = match socket.send(query) {
+        Ok(_) => true,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+        Err(error) => return Err(error),
+    };
+    let socket = UdpSocket::from_std(socket.into())?;
+    if !sent {
+        socket.send(query).await?;
+    }
+    Ok(socket)
 }
 
 async fn tcp_exchange(

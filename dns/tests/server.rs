@@ -474,7 +474,9 @@ async fn shutdown_answers_a_udp_miss_already_being_resolved() {
         .hierarchy
         .server("ns1.example.test.")
         .set_behaviour(Behaviour {
-            delay: Some(Duration::from_millis(300)),
+            // Long enough to be sure shutdown starts while the resolution waits on the leaf,
+            // well inside the loopback configuration's 300 ms upstream timeout.
+            delay: Some(Duration::from_millis(150)),
             ..Behaviour::default()
         });
     let server = fixture.udp();
@@ -497,7 +499,12 @@ async fn shutdown_answers_a_udp_miss_already_being_resolved() {
     assert!(dns.shutdown(Duration::from_secs(3)).await, "drained");
     let answer = asking.await.unwrap();
     assert_eq!(answer.metadata.id, 7);
-    assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 3)]);
+    assert_eq!(
+        a_addresses(&answer),
+        [Ipv4Addr::new(192, 0, 2, 3)],
+        "rcode {:?}",
+        answer.metadata.response_code
+    );
     drop(hierarchy);
 }
 

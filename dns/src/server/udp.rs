@@ -3,22 +3,25 @@
 //!
 //! Each thread reads its own socket with `recvmmsg(2)` (up to [`BATCH`] datagrams per call),
 //! answers every packet-cache hit into a reused buffer, and sends all the replies with one
-//! `sendmmsg(2)`. When its own socket is empty it drains the other sockets of the same address
-//! before it sleeps: the kernel's SO_REUSEPORT hash often gives one socket most of the clients
-//! (with 4 client sockets and 2 server sockets, a 3-1 split or worse half the time), and an idle
-//! thread then takes over part of the busy socket's queue instead of waiting beside it. Under
-//! load that is two system calls per batch instead of two per query, with no async runtime
-//! between the socket and the cache. Counters are tallied in the thread and added to the shared
-//! ones once per batch; the reloadable policy is re-read only when its generation changes.
+//! `sendmmsg(2)`. When its own socket gives less than a full batch it also takes one batch from
+//! each sibling socket before it sleeps: the kernel's SO_REUSEPORT hash often gives one socket
+//! most of the clients (with 4 client sockets and 2 server sockets, a 3-1 split or worse half
+//! the time), and a lightly loaded thread then takes over part of the busy socket's queue
+//! instead of waiting beside it. Under load that is two system calls per batch instead of two
+//! per query, with no async runtime between the socket and the cache. Counters are tallied in
+//! the thread and added to the shared ones once per batch; the reloadable policy is re-read
+//! only when its generation changes.
 //!
 //! Each thread drives a current-thread tokio runtime of its own, and a miss is resolved as a
 //! task on it, the way Unbound's threads each run one event loop: the query, its upstream
 //! exchanges and the reply stay on the thread that received it. Handing misses to a shared
 //! multi-thread runtime cost two thread hand-offs per question (twice Unbound's context
-//! switches on a cold cache, docs/benchmarks.md). The loop therefore sleeps in the runtime, not
-//! in `epoll_wait`: an epoll instance over the sockets is registered with the runtime's reactor,
-//! so one wake-up serves a datagram for the loop and an upstream reply for a task alike. Under
-//! load the loop yields to the runtime after each batch while it has misses outstanding.
+//! switches on a cold cache, docs/benchmarks.md). The thread therefore sleeps in the runtime:
+//! its own socket is registered with the runtime's reactor, so one wake-up serves a datagram
+//! for the loop and an upstream reply for a task alike. Only the own socket wakes the thread
+//! (watching the siblings too woke every thread for every datagram); an idle thread still
+//! looks at its siblings at every [`TICK`]. Under load the loop yields to the runtime after each
+//! full batch while it has misses outstanding.
 //!
 //! `libc` is called directly: socket2 has no `recvmmsg`/`sendmmsg`, nix's wrappers allocate per
 //! call, and quinn-udp batches only towards one destination (GSO), not to many clients.
@@ -27,7 +30,7 @@ use std::{
     io,
     mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -43,8 +46,13 @@ use super::{Core, Fast, PolicyView, Tally};
 pub(super) const BATCH: usize = 32;
 /// Largest query read; a longer datagram (no real query is) is dropped.
 const MAX_QUERY_LEN: usize = 4096;
-/// How often an idle thread looks at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(100);
+/// How often an idle thread looks at the stop flag. The same timer keeps the runtime's next
+/// wake-up at most this far ahead, and that matters for speed: tokio interrupts its reactor (an
+/// `eventfd` write, then a spurious `epoll_wait` return) whenever a timer is registered that is
+/// due before the reactor's next planned wake-up. With no timer of its own, or a fresh one per
+/// wait, the thread paid that for each miss's resolution and upstream timeouts; every upstream
+/// timeout is at least 50 ms, so a tick shorter than that never has to be interrupted.
+const TICK: Duration = Duration::from_millis(25);
 
 /// Reused per-thread storage for one batch.
 struct Slots {
@@ -199,46 +207,13 @@ fn peer_of(storage: &libc::sockaddr_storage, length: libc::socklen_t) -> Option<
     }
 }
 
-/// An epoll instance watching every socket of one listen address for readability.
-struct Readiness {
-    epoll: OwnedFd,
-}
+/// The worker's own socket, as the runtime's reactor watches it (`AsyncFd` needs an owner of the
+/// descriptor; the socket itself stays shared with the sibling threads that drain it).
+struct OwnSocket(Arc<UdpSocket>);
 
-impl Readiness {
-    fn new(sockets: &[Arc<UdpSocket>]) -> io::Result<Self> {
-        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
-        // that nothing else owns.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nothing else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for (index, socket) in sockets.iter().enumerate() {
-            let mut event = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
-                u64: index as u64,
-            };
-            // SAFETY: both descriptors are open; `event` is a valid epoll_event for the call.
-            let added = unsafe {
-                libc::epoll_ctl(
-                    epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    socket.as_raw_fd(),
-                    &raw mut event,
-                )
-            };
-            if added < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(Self { epoll })
-    }
-}
-
-impl AsRawFd for Readiness {
+impl AsRawFd for OwnSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
@@ -267,16 +242,14 @@ async fn serve_loop(
     stop: Arc<AtomicBool>,
     in_flight: Arc<()>,
 ) {
-    let registered = Readiness::new(&sockets).and_then(|readiness| {
-        // SAFETY: `Readiness` owns its epoll descriptor (an `OwnedFd` set once in `new` and
-        // never replaced), so the descriptor stays open and the same for the `AsyncFd`'s life.
-        unsafe { AsyncFd::register_with_interest(readiness, Interest::READABLE) }
-            .map_err(io::Error::from)
-    });
-    let readiness = match registered {
+    let own_socket = OwnSocket(sockets[own].clone());
+    // SAFETY: `OwnSocket` holds an `Arc` of the socket for the `AsyncFd`'s whole life, so the
+    // descriptor stays open and refers to the same socket.
+    let readiness = match unsafe { AsyncFd::register_with_interest(own_socket, Interest::READABLE) }
+    {
         Ok(readiness) => readiness,
         Err(error) => {
-            tracing::warn!(%error, "cannot watch the UDP sockets; stopping this worker");
+            tracing::warn!(error = %io::Error::from(error), "cannot watch the UDP socket; stopping this worker");
             return;
         }
     };
@@ -286,37 +259,43 @@ async fn serve_loop(
     let mut tally = Tally::default();
     let mut policy = core.policy_snapshot();
     let count = sockets.len();
-    while !stop.load(Ordering::Relaxed) {
-        // Own socket first; the others only when it is empty.
-        let mut served = false;
-        for step in 0..count {
-            let socket = &sockets[(own + step) % count];
-            let received = match receive_batch(socket, &mut slots) {
-                Ok(received) => received,
-                Err(error) => {
-                    if !matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) {
-                        tracing::debug!(%error, "UDP receive failed");
-                    }
-                    continue;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = |socket: &Arc<UdpSocket>, slots: &mut Slots, tally: &mut Tally| -> usize {
+        let received = match receive_batch(socket, slots) {
+            Ok(received) => received,
+            Err(error) => {
+                if !matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(%error, "UDP receive failed");
                 }
+                return 0;
+            }
+        };
+        if received > 0 {
+            core.refresh_policy(&mut policy);
+            let misses = Misses {
+                local: &local_misses,
+                in_flight: &in_flight,
             };
-            if received > 0 {
-                core.refresh_policy(&mut policy);
-                let misses = Misses {
-                    local: &local_misses,
-                    in_flight: &in_flight,
-                };
-                answer_batch(
-                    &core, socket, &mut slots, received, &policy, &mut tally, misses,
-                );
-                served = true;
-                break;
+            answer_batch(&core, socket, slots, received, &policy, tally, misses);
+        }
+        received
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // Own socket first; the siblings only when it had less than a full batch, one batch each.
+        let mut more = batch(&sockets[own], &mut slots, &mut tally) == BATCH;
+        if !more {
+            for step in 1..count {
+                if batch(&sockets[(own + step) % count], &mut slots, &mut tally) == BATCH {
+                    more = true;
+                    break;
+                }
             }
         }
-        if served {
+        if more {
             // Misses' tasks (and the reactor delivering their upstream replies) run only when
             // this loop gives the thread up.
             if Arc::strong_count(&local_misses) > 1 {
@@ -324,11 +303,21 @@ async fn serve_loop(
             }
             continue;
         }
-        // Every socket is empty: sleep until one is readable (or a miss's task has work).
-        // Readiness is cleared before the sockets are read again, so a datagram arriving in
-        // between wakes the next wait instead of being missed.
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(STOP_POLL, readiness.readable()).await {
-            guard.clear_ready();
+        // Nothing more queued: sleep in the runtime (running the misses' tasks meanwhile) until
+        // the own socket has a datagram or the tick comes. Only the own socket wakes this
+        // thread: a sibling's datagram waking every thread was two context switches and four
+        // wasted system calls per query on a cold cache; the siblings are drained above, and
+        // an idle thread still gets to them at every tick.
+        tokio::select! {
+            biased;
+            ready = readiness.readable() => {
+                if let Ok(mut guard) = ready {
+                    // Before the socket is read again, so a datagram arriving in between wakes
+                    // the next wait instead of being missed.
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {}
         }
     }
     let deadline = Instant::now() + MISS_DRAIN_LIMIT;
