@@ -223,6 +223,10 @@ thread_ticks() {
 cpu_ns() {
     cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%d", t}'
 }
+# Resident memory of a server in KiB.
+rss_kib() {
+    awk '/^VmRSS:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0
+}
 # Context switches (voluntary + involuntary) over all of a server's threads: each hand-off of a
 # question between threads, and each wait for a reply, is one.
 context_switches() {
@@ -236,7 +240,8 @@ cold() {
     local before after started ended
     before=$(upstream)
     thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-before"
-    local switches_before cpu_before
+    local switches_before cpu_before rss_before
+    rss_before=$(rss_kib "${server_pid[$1]}")
     switches_before=$(context_switches "${server_pid[$1]}")
     cpu_before=$(cpu_ns "${server_pid[$1]}")
     started=$(date +%s.%N)
@@ -244,6 +249,7 @@ cold() {
         --timeout 5s --json >"$work/cold-$1.json"
     ended=$(date +%s.%N)
     cold_switches[$1]+="$(($(context_switches "${server_pid[$1]}") - switches_before)) "
+    cold_rss[$1]+="$(($(rss_kib "${server_pid[$1]}") - rss_before)) "
     cold_cpu[$1]+="$(awk -v a="$cpu_before" -v b="$(cpu_ns "${server_pid[$1]}")" 'BEGIN {printf "%.3f", (b - a) / 1e9}') "
     thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-after"
     # CPU seconds per busy thread (name: seconds), to see where a server spends it.
@@ -259,7 +265,7 @@ cold() {
 }
 
 cold_ratios=""
-declare -A run_batch cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
+declare -A run_batch cold_rss cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
 start_servers() {
     sed -i "s/^  num-threads: .*/  num-threads: $THREADS/" "$work/unbound.conf"
     "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
@@ -438,7 +444,7 @@ echo
 echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
 echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), resident memory +$(median ${cold_rss[$server]}) KiB, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
