@@ -68,6 +68,17 @@ impl Fixture {
         Self { hierarchy, server }
     }
 
+    /// Make the leaf (ns1.example.test.) answer every query `delay` late, so a resolution is
+    /// still under way while a test does something else.
+    fn slow_leaf(&self, delay: Duration) {
+        self.hierarchy
+            .server("ns1.example.test.")
+            .set_behaviour(Behaviour {
+                delay: Some(delay),
+                ..Behaviour::default()
+            });
+    }
+
     fn udp(&self) -> SocketAddr {
         self.server.udp_addresses()[0]
     }
@@ -302,13 +313,7 @@ async fn clients_outside_the_acl_are_refused() {
 async fn identical_concurrent_questions_share_one_resolution() {
     let fixture = Fixture::start().await;
     // Slow leaf: every client's query arrives while the first resolution is still running.
-    fixture
-        .hierarchy
-        .server("ns1.example.test.")
-        .set_behaviour(Behaviour {
-            delay: Some(Duration::from_millis(150)),
-            ..Behaviour::default()
-        });
+    fixture.slow_leaf(Duration::from_millis(150));
     const CLIENTS: u16 = 20;
     let server = fixture.udp();
     let asks: Vec<_> = (0..CLIENTS)
@@ -339,13 +344,7 @@ async fn misses_past_the_resolution_bound_get_servfail() {
         config.max_pending_queries = 1;
     })
     .await;
-    fixture
-        .hierarchy
-        .server("ns1.example.test.")
-        .set_behaviour(Behaviour {
-            delay: Some(Duration::from_millis(150)),
-            ..Behaviour::default()
-        });
+    fixture.slow_leaf(Duration::from_millis(150));
     let server = fixture.udp();
     let first = tokio::spawn(async move {
         udp_ask(server, &query(1, "slow.example.test.", RecordType::A, None)).await
@@ -470,15 +469,9 @@ async fn shutdown_drains_and_stops_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_a_udp_miss_already_being_resolved() {
     let fixture = Fixture::start().await;
-    fixture
-        .hierarchy
-        .server("ns1.example.test.")
-        .set_behaviour(Behaviour {
-            // Long enough to be sure shutdown starts while the resolution waits on the leaf,
-            // well inside the loopback configuration's 300 ms upstream timeout.
-            delay: Some(Duration::from_millis(150)),
-            ..Behaviour::default()
-        });
+    // Long enough to be sure shutdown starts while the resolution waits on the leaf,
+    // well inside the loopback configuration's 300 ms upstream timeout.
+    fixture.slow_leaf(Duration::from_millis(150));
     let server = fixture.udp();
     let asking = tokio::spawn(async move {
         udp_ask(server, &query(7, "slow.example.test.", RecordType::A, None)).await
