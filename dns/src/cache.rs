@@ -11,7 +11,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use parking_lot::Mutex;
 use rand::seq::IteratorRandom;
 
-use crate::clock::Clock;
+use crate::{clock::Clock, name_hash::NameHashState};
 
 /// How much a cached RRset is trusted (RFC 2181 5.4.1): data from an authoritative answer beats
 /// a referral's NS set, which beats glue. Lower ranks never overwrite higher ones while unexpired.
@@ -66,10 +66,10 @@ pub struct Cache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<Key, Entry>,
-    nxdomains: HashMap<Name, Entry>,
+    entries: HashMap<Key, Entry, NameHashState>,
+    nxdomains: HashMap<Name, Entry, NameHashState>,
     /// Zone cuts learned without a referral (see [`Cache::insert_learned_cut`]).
-    learned_cuts: HashMap<Name, LearnedCut>,
+    learned_cuts: HashMap<Name, LearnedCut, NameHashState>,
 }
 
 /// A zone apex found from an authoritative SOA, and the servers that answered for it.

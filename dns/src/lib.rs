@@ -30,6 +30,7 @@ mod cache;
 mod clock;
 mod config;
 mod error;
+mod name_hash;
 mod resolver;
 mod root_hints;
 mod scrub;

@@ -15,7 +15,7 @@ use hickory_proto::{
     rr::{Name, RData, RecordType},
 };
 
-use crate::wire::dname_target;
+use crate::{name_hash::NameHashState, wire::dname_target};
 
 /// Remove out-of-bailiwick and off-chain records from `message` in place; returns how many were
 /// dropped.
@@ -23,7 +23,8 @@ pub(crate) fn scrub(message: &mut Message, zone: &Name, qname: &Name) -> usize {
     let before = message.answers.len() + message.authorities.len() + message.additionals.len();
 
     // Answer section: follow the chain from the question, inside the zone only.
-    let mut chain: HashSet<Name> = HashSet::from([qname.to_lowercase()]);
+    let mut chain: HashSet<Name, NameHashState> = HashSet::default();
+    chain.insert(qname.to_lowercase());
     let mut keep = vec![false; message.answers.len()];
     let mut changed = true;
     while changed {
