@@ -760,8 +760,13 @@ impl Core {
                     Leader::Spawn => {
                         let (core, question) = (self.clone(), query.clone());
                         // Its own task, so a client that goes away does not cancel it for the
-                        // others.
-                        tokio::spawn(async move { core.lead(&question, false, leading).await });
+                        // others; on the shared runtime, not the calling UDP worker's: a
+                        // worker gives its thread up only while it has misses of its own
+                        // outstanding, and drops its runtime (cancelling whatever is left on
+                        // it) when it stops, so an orphaned resolution there could starve or
+                        // be cut short.
+                        self.runtime
+                            .spawn(async move { core.lead(&question, false, leading).await });
                         receiver
                     }
                 }

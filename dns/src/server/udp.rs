@@ -218,8 +218,8 @@ impl AsRawFd for OwnSocket {
 }
 
 /// The worker thread's loop for `sockets[own]` on `runtime` (its own, current-thread); returns
-/// when `stop` is set and the misses it started have been answered (or after
-/// [`MISS_DRAIN_LIMIT`]).
+/// when `stop` is set and the misses it started have been answered (or could no longer be:
+/// past the resolution timeout).
 pub(super) fn serve(
     runtime: tokio::runtime::Runtime,
     core: Arc<Core>,
@@ -230,10 +230,6 @@ pub(super) fn serve(
 ) {
     runtime.block_on(serve_loop(core, sockets, own, stop, in_flight));
 }
-
-/// How long a stopping thread keeps running its misses' tasks: past every resolution timeout,
-/// so stopping never cuts an answer short that could still be sent.
-const MISS_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 async fn serve_loop(
     core: Arc<Core>,
@@ -303,11 +299,15 @@ async fn serve_loop(
             }
             continue;
         }
-        // Nothing more queued: sleep in the runtime (running the misses' tasks meanwhile) until
+        // Less than a full batch: sleep in the runtime (running the misses' tasks meanwhile) until
         // the own socket has a datagram or the tick comes. Only the own socket wakes this
         // thread: a sibling's datagram waking every thread was two context switches and four
         // wasted system calls per query on a cold cache; the siblings are drained above, and
         // an idle thread still gets to them at every tick.
+        // When datagrams keep arriving, `readable()` is ready at once and the thread is not given
+        // up here; tokio's cooperative budget (every readiness poll spends from it) still makes
+        // it return pending after 128 polls, so the misses' tasks get their turn within a few
+        // hundred queries.
         tokio::select! {
             biased;
             ready = readiness.readable() => {
@@ -320,7 +320,9 @@ async fn serve_loop(
             _ = tick.tick() => {}
         }
     }
-    let deadline = Instant::now() + MISS_DRAIN_LIMIT;
+    // Every miss's resolution is cut off at `resolution_timeout`; a second more covers sending
+    // its reply. Stopping therefore never cuts short an answer that could still be sent.
+    let deadline = Instant::now() + core.resolution_timeout + Duration::from_secs(1);
     while Arc::strong_count(&local_misses) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
