@@ -299,15 +299,14 @@ async fn serve_loop(
             }
             continue;
         }
-        // Less than a full batch: sleep in the runtime (running the misses' tasks meanwhile) until
-        // the own socket has a datagram or the tick comes. Only the own socket wakes this
+        // Less than a full batch: sleep in the runtime (running the misses' tasks meanwhile)
+        // until the own socket has a datagram or the tick comes. Only the own socket wakes this
         // thread: a sibling's datagram waking every thread was two context switches and four
-        // wasted system calls per query on a cold cache; the siblings are drained above, and
-        // an idle thread still gets to them at every tick.
-        // When datagrams keep arriving, `readable()` is ready at once and the thread is not given
-        // up here; tokio's cooperative budget (every readiness poll spends from it) still makes
-        // it return pending after 128 polls, so the misses' tasks get their turn within a few
-        // hundred queries.
+        // wasted system calls per query on a cold cache; the siblings are drained above, and an
+        // idle thread still gets to them at every tick. When datagrams keep arriving,
+        // `readable()` is ready at once and the thread is not given up here, but tokio's
+        // cooperative budget (every readiness poll spends from it) makes it return pending
+        // after 128 polls, so the misses' tasks get their turn within a few hundred queries.
         tokio::select! {
             biased;
             ready = readiness.readable() => {
