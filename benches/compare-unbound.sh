@@ -53,7 +53,6 @@ EDGEKIT_ADDR=$NET.11
 if [[ -z ${AGREE:-} ]]; then
     AGREE=0; (($(nproc) >= 2)) && AGREE=1
 fi
-CLK_TCK=$(getconf CLK_TCK)
 
 need=()
 command -v dnsperf >/dev/null || need+=(dnsperf)
@@ -211,17 +210,14 @@ wait_answering() {
     exit 1
 }
 
-# Per-thread CPU ticks (user + system) of a process: "tid ticks" lines.
-thread_ticks() {
+# Per-thread CPU time of a process in nanoseconds: "tid ns" lines, from the scheduler's own
+# account (first field of schedstat), fine enough for a 50 ms batch where stat's 10 ms ticks
+# are not.
+thread_cpu_ns() {
     local stat
-    for stat in /proc/"$1"/task/*/stat; do
-        awk '{print $1, $14 + $15}' "$stat" 2>/dev/null || true
+    for stat in /proc/"$1"/task/*/schedstat; do
+        awk -v tid="$(basename "$(dirname "$stat")")" '{print tid, $1}' "$stat" 2>/dev/null || true
     done
-}
-# CPU nanoseconds over all of a server's threads (the scheduler's own account, first field of
-# schedstat: finer than the 10 ms ticks of stat, which a 50 ms batch needs).
-cpu_ns() {
-    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%d", t}'
 }
 # Resident memory of a server in KiB.
 rss_kib() {
@@ -239,23 +235,23 @@ context_switches() {
 cold() {
     local before after started ended
     before=$(upstream)
-    thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-before"
-    local switches_before cpu_before rss_before
+    thread_cpu_ns "${server_pid[$1]}" >"$work/cold-cpu-before"
+    local switches_before rss_before
     rss_before=$(rss_kib "${server_pid[$1]}")
     switches_before=$(context_switches "${server_pid[$1]}")
-    cpu_before=$(cpu_ns "${server_pid[$1]}")
     started=$(date +%s.%N)
     "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
         --timeout 5s --json >"$work/cold-$1.json"
     ended=$(date +%s.%N)
     cold_switches[$1]+="$(($(context_switches "${server_pid[$1]}") - switches_before)) "
     cold_rss[$1]+="$(($(rss_kib "${server_pid[$1]}") - rss_before)) "
-    cold_cpu[$1]+="$(awk -v a="$cpu_before" -v b="$(cpu_ns "${server_pid[$1]}")" 'BEGIN {printf "%.3f", (b - a) / 1e9}') "
-    thread_ticks "${server_pid[$1]}" >"$work/cold-ticks-after"
-    # CPU seconds per busy thread (name: seconds), to see where a server spends it.
-    cold_threads[$1]=$(awk -v hz="$CLK_TCK" 'NR == FNR {before[$1] = $2; next}
-        {d = ($2 - before[$1]) / hz; if (d > 0) {cmd = "cat /proc/'"${server_pid[$1]}"'/task/" $1 "/comm"; cmd | getline name; close(cmd); printf "%s%s %.2f", sep, name, d; sep = ", "}}' \
-        "$work/cold-ticks-before" "$work/cold-ticks-after")
+    thread_cpu_ns "${server_pid[$1]}" >"$work/cold-cpu-after"
+    # CPU seconds in all, then per busy thread (name: seconds), to see where a server spends it.
+    cold_cpu[$1]+="$(awk 'NR == FNR {before[$1] = $2; next} {t += $2 - before[$1]} END {printf "%.3f", t / 1e9}' \
+        "$work/cold-cpu-before" "$work/cold-cpu-after") "
+    cold_threads[$1]=$(awk 'NR == FNR {before[$1] = $2; next}
+        {d = ($2 - before[$1]) / 1e9; if (d >= 0.005) {cmd = "cat /proc/'"${server_pid[$1]}"'/task/" $1 "/comm"; cmd | getline name; close(cmd); printf "%s%s %.2f", sep, name, d; sep = ", "}}' \
+        "$work/cold-cpu-before" "$work/cold-cpu-after")
     after=$(upstream)
     cold_process[$1]+="$(awk -v a="$started" -v b="$ended" 'BEGIN {printf "%.3f", b - a}') "
     cold_wall[$1]+="$(json_field '["elapsed_seconds"]' <"$work/cold-$1.json") "
@@ -302,12 +298,12 @@ for run in $(seq 1 "$COLD_RUNS"); do
     cold_ratios+="$(awk -v e="${run_batch[edgekit]}" -v u="${run_batch[unbound]}" 'BEGIN {printf "%.2f", e / u}') "
 done
 
-# From two thread_ticks snapshots and the generator's run time (first send to last reply): the
+# From two thread_cpu_ns snapshots and the generator's run time (first send to last reply): the
 # server's total share of a core, then each busy thread's share, e.g. "112% (61+51)".
 server_busy() { # before-file after-file run-seconds
-    awk -v w="$3" -v hz="$CLK_TCK" '
+    awk -v w="$3" '
         NR == FNR {before[$1] = $2; next}
-        {d = ($2 - before[$1]) / hz / w * 100; total += d; if (d >= 2) parts = parts sep sprintf("%.0f", d); if (d >= 2) sep = "+"}
+        {d = ($2 - before[$1]) / 1e9 / w * 100; total += d; if (d >= 2) parts = parts sep sprintf("%.0f", d); if (d >= 2) sep = "+"}
         END {printf "%.0f%% (%s)", total, parts}' "$1" "$2"
 }
 # measure SERVER ADDR TOOL [taskset prefix...]: one run of one generator; sets run_qps, run_p99,
@@ -317,7 +313,7 @@ server_busy() { # before-file after-file run-seconds
 measure() {
     local server=$1 addr=$2 tool=$3 out runtime
     shift 3
-    thread_ticks "${server_pid[$server]}" >"$work/ticks-before"
+    thread_cpu_ns "${server_pid[$server]}" >"$work/cpu-before"
     local counter=""
     if [[ $SYSCALLS == 1 ]]; then
         perf stat -x, -o "$work/syscalls" -p "${server_pid[$server]}" \
@@ -343,7 +339,7 @@ measure() {
         run_lost=$(json_field '["lost"]' <"$work/bench.json")
         runtime=$(json_field '["elapsed_seconds"]' <"$work/bench.json")
     fi
-    thread_ticks "${server_pid[$server]}" >"$work/ticks-after"
+    thread_cpu_ns "${server_pid[$server]}" >"$work/cpu-after"
     run_syscalls=""
     if [[ -n $counter ]]; then
         kill -INT "$counter"; wait "$counter" 2>/dev/null || true
@@ -353,7 +349,7 @@ measure() {
         run_syscalls=$(awk -F, -v q="$answered" '$3 ~ /sys_enter_/ {sub(/.*sys_enter_/, "", $3); printf "%s%s %.3f", sep, $3, $1 / q; sep = ", "}' "$work/syscalls")
         run_syscalls="; server system calls per query: $run_syscalls"
     fi
-    run_server=$(server_busy "$work/ticks-before" "$work/ticks-after" "$runtime")
+    run_server=$(server_busy "$work/cpu-before" "$work/cpu-after" "$runtime")
     run_generator=$(awk '{printf "%.0f%%", ($1 + $2) / $3 * 100}' "$work/generator-cpu")
 }
 
