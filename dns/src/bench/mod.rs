@@ -30,7 +30,10 @@ mod worker;
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Barrier, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -233,16 +236,13 @@ pub fn run(
         Load::Concurrency(total) => config.sockets.min(total),
         Load::Rate(_) => config.sockets,
     };
-    let start = Instant::now();
     let shared = Shared {
         config,
         queries,
         live,
         tickets: AtomicU64::new(0),
-        deadline: match config.stop {
-            Stop::Duration(duration) => Some(start + duration),
-            Stop::Count(_) => None,
-        },
+        ready: Barrier::new(sockets),
+        started: OnceLock::new(),
     };
     let results: Vec<Result<WorkerStats, BenchError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..sockets)
@@ -261,11 +261,14 @@ pub fn run(
             })
             .collect()
     });
+    let end = Instant::now();
     let mut total = WorkerStats::new();
     for result in results {
         total.merge(&result?);
     }
-    Ok(Report::new(config, start, Instant::now(), total))
+    // Every worker passed the barrier and fixed the start; `end` stands in should none have.
+    let start = shared.started.get().copied().unwrap_or(end);
+    Ok(Report::new(config, start, end, total))
 }
 
 /// This socket's part of the load: outstanding queries, or queries per second.

@@ -5,7 +5,10 @@ use std::{
     collections::VecDeque,
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Barrier, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -29,7 +32,11 @@ pub(super) struct Shared<'a> {
     pub(super) queries: &'a [BenchQuery],
     pub(super) live: &'a LiveStats,
     pub(super) tickets: AtomicU64,
-    pub(super) deadline: Option<Instant>,
+    /// Every worker waits here once its socket is open and its memory touched, so the clock
+    /// starts when all of them can send, not while some are still setting up.
+    pub(super) ready: Barrier,
+    /// When the run started: the moment the workers left `ready`.
+    pub(super) started: OnceLock<Instant>,
 }
 
 /// Tickets (query numbers) a worker claims at once: one shared atomic add per this many
@@ -44,9 +51,22 @@ pub(super) const RECEIVE_BATCH: usize = 32;
 const REPLY_SLOT: usize = 4096;
 
 impl Shared<'_> {
+    /// The run's start, fixed by the first worker to ask after leaving `ready`.
+    fn start(&self) -> Instant {
+        *self.started.get_or_init(Instant::now)
+    }
+
+    /// When a `--duration` run stops sending.
+    fn deadline(&self) -> Option<Instant> {
+        match self.config.stop {
+            super::Stop::Duration(duration) => Some(self.start() + duration),
+            super::Stop::Count(_) => None,
+        }
+    }
+
     /// Claim the next tickets, or `None` once the run has sent enough or run long enough.
     fn claim(&self, now: Instant) -> Option<std::ops::Range<u64>> {
-        if self.deadline.is_some_and(|deadline| now >= deadline) {
+        if self.deadline().is_some_and(|deadline| now >= deadline) {
             return None;
         }
         let start = self.tickets.fetch_add(TICKET_CHUNK, Ordering::Relaxed);
@@ -76,7 +96,7 @@ struct Local {
 impl Local {
     /// The next query to send, or `None` once the run is over.
     fn next_query<'q>(&mut self, shared: &'q Shared<'_>, now: Instant) -> Option<&'q BenchQuery> {
-        if shared.deadline.is_some_and(|deadline| now >= deadline) {
+        if shared.deadline().is_some_and(|deadline| now >= deadline) {
             return None;
         }
         if self.tickets.is_empty() {
@@ -170,8 +190,12 @@ struct Outstanding {
 
 impl Outstanding {
     fn new() -> Self {
+        let mut by_id = vec![None; usize::from(u16::MAX) + 1];
+        // Written through once more, so every page of the table (1.5 MiB) is faulted in now,
+        // before the clock starts, whatever bytes `None` happens to be.
+        std::hint::black_box(&mut by_id).fill(None);
         Self {
-            by_id: vec![None; usize::from(u16::MAX) + 1],
+            by_id,
             order: VecDeque::new(),
             count: 0,
             next_id: rand::random(),
@@ -255,8 +279,14 @@ struct ReplyBatch {
 
 impl ReplyBatch {
     fn new() -> Self {
+        let mut slots = vec![[0; REPLY_SLOT]; RECEIVE_BATCH];
+        // Zeroed memory comes from the kernel untouched; writing it faults it in now, not on
+        // the first replies.
+        for slot in std::hint::black_box(&mut slots).iter_mut() {
+            slot.fill(0);
+        }
         Self {
-            slots: vec![[0; REPLY_SLOT]; RECEIVE_BATCH],
+            slots,
             lengths: [0; RECEIVE_BATCH],
             count: 0,
         }
@@ -458,26 +488,38 @@ fn is_disconnect(err: &io::Error) -> bool {
     )
 }
 
+/// Run one worker: set up, wait for the others at `shared.ready`, then send and receive until
+/// the run is over.
+///
+/// Set-up stays outside the measured time: opening the socket and faulting in the worker's
+/// memory (about 2 MiB: the ID table, the reply buffers, the histogram) used to fall inside it,
+/// and made a 1350-question cold batch read 7-15 ms (10-20%) longer than the queries took
+/// (docs/benchmarks.md, session 8).
 pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, BenchError> {
     let config = shared.config;
     let tick = match share {
         Share::Window(_) => CLOSED_LOOP_TICK,
         Share::Rate(_) => OPEN_LOOP_TICK,
     };
-    let mut link = Link::open(config.server, config.transport, tick)?;
+    // Every worker reaches the barrier, even one whose socket failed, or the others would wait
+    // for it for ever; the error is returned after.
+    let link = Link::open(config.server, config.transport, tick);
     let mut stats = WorkerStats::new();
+    std::hint::black_box(&mut stats.latency_micros).reset();
     let mut outstanding = Outstanding::new();
     let mut query_buffer = Vec::with_capacity(512);
     let mut write_buffer = Vec::new();
     let mut batch = ReplyBatch::new();
+    shared.ready.wait();
+    let mut link = link?;
+    let start = shared.start();
     let mut local = Local {
         tickets: 0..0,
         unpublished_sent: 0,
         unpublished_answered: 0,
-        published_at: Instant::now(),
+        published_at: start,
     };
     let mut done_sending = false;
-    let start = Instant::now();
     let mut paced_sends: u64 = 0;
     let io_error = |source| BenchError::Io {
         server: config.server,
