@@ -4,8 +4,10 @@
 # Three NSD instances (Debian) serve a root, a TLD `bench.` and a leaf zone `zone.bench.` (1000
 # hosts) on 127.0.54.1-3:53. Unbound (127.0.54.10:53) and edgekit (127.0.54.11:53) start with the same root
 # hints and THREADS threads each. Then, per server:
-#   cold:   the query file (distinct names) once, from a fresh process: wall time and the upstream
-#           queries NSD counted (nsd-control stats_noreset num.queries);
+#   cold:   the query file (distinct names) once, from a fresh process: wall time, the upstream
+#           queries NSD counted (nsd-control stats_noreset num.queries), and the CPU the server,
+#           the NSD processes and the generator each used (the machine is near full during a
+#           cold batch, so the batch time follows their sum);
 #   cached: ROUNDS alternating runs of dnsperf and `edgekit bench dns` on the now-warm cache.
 #   agreement: (AGREE=1, the default on 2+ CPUs) each server's threads moved to CPU 0 and the
 #           generators run on CPU 1, ROUNDS alternating runs of dnsperf and `edgekit bench dns`:
@@ -23,7 +25,9 @@
 # AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (1: how many times both
 # servers are restarted for the cold batch; medians are printed), ROUNDS=0 for the cold batch only,
 # HOSTS (1000: names in the leaf zone; the query file has 1.35 per host), COLD_CONCURRENCY (16:
-# questions outstanding in the cold batch), AGREE_ROUNDS (ROUNDS), AGREE_THREADS (THREADS: the
+# questions outstanding in the cold batch), COLD_SOCKETS (4: generator sockets they are spread
+# over; more sockets make an uneven SO_REUSEPORT spread over the server's threads rarer, at
+# the cost of a generator thread per socket), AGREE_ROUNDS (ROUNDS), AGREE_THREADS (THREADS: the
 # agreement runs restart both servers with this many threads), AGREE_CPU_QUOTA (unset: a
 # percentage of one core the server may use in the agreement runs, set with a cgroup quota),
 # SYSCALLS (0; 1: count the server's system calls per query in the agreement runs, with perf),
@@ -42,6 +46,7 @@ COLD_THREADS=$THREADS
 COLD_RUNS=${COLD_RUNS:-1}
 HOSTS=${HOSTS:-1000}
 COLD_CONCURRENCY=${COLD_CONCURRENCY:-16}
+COLD_SOCKETS=${COLD_SOCKETS:-4}
 AGREE_ROUNDS=${AGREE_ROUNDS:-$ROUNDS}
 AGREE_THREADS=${AGREE_THREADS:-$THREADS}
 AGREE_CPU_QUOTA=${AGREE_CPU_QUOTA:-}
@@ -219,6 +224,15 @@ thread_cpu_ns() {
         awk -v tid="$(basename "$(dirname "$stat")")" '{print tid, $1}' "$stat" 2>/dev/null || true
     done
 }
+# CPU nanoseconds used so far by every NSD process of this run (main, server and xfrd
+# processes): the authorities' share of the work a cold batch puts on the machine.
+authority_cpu_ns() {
+    local pid total=0 ns
+    for pid in $(pgrep -f "nsd -d -c $work/" || true); do
+        for ns in $(thread_cpu_ns "$pid" | awk '{print $2}'); do total=$((total + ns)); done
+    done
+    echo "$total"
+}
 # Resident memory of a server in KiB.
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0
@@ -233,19 +247,23 @@ context_switches() {
 # around it (includes the generator's start-up and exit), the upstream queries NSD counted and
 # the per-question latency percentiles.
 cold() {
-    local before after started ended
+    local before after started ended authority_before
     before=$(upstream)
+    authority_before=$(authority_cpu_ns)
     thread_cpu_ns "${server_pid[$1]}" >"$work/cold-cpu-before"
     local switches_before rss_before
     rss_before=$(rss_kib "${server_pid[$1]}")
     switches_before=$(context_switches "${server_pid[$1]}")
     started=$(date +%s.%N)
-    "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
-        --timeout 5s --json >"$work/cold-$1.json"
+    /usr/bin/time -f '%U %S' -o "$work/cold-generator-cpu" \
+        "$EDGEKIT" bench dns --server "$2:53" --queries "$work/queries.txt" --concurrency "$COLD_CONCURRENCY" \
+        --sockets "$COLD_SOCKETS" --timeout 5s --json >"$work/cold-$1.json"
     ended=$(date +%s.%N)
     cold_switches[$1]+="$(($(context_switches "${server_pid[$1]}") - switches_before)) "
     cold_rss[$1]+="$(($(rss_kib "${server_pid[$1]}") - rss_before)) "
     thread_cpu_ns "${server_pid[$1]}" >"$work/cold-cpu-after"
+    cold_authority[$1]+="$(awk -v a="$authority_before" -v b="$(authority_cpu_ns)" 'BEGIN {printf "%.3f", (b - a) / 1e9}') "
+    cold_generator[$1]+="$(awk '{printf "%.3f", $1 + $2}' "$work/cold-generator-cpu") "
     # CPU seconds in all, then per busy thread (name: seconds), to see where a server spends it.
     cold_cpu[$1]+="$(awk 'NR == FNR {before[$1] = $2; next} {t += $2 - before[$1]} END {printf "%.3f", t / 1e9}' \
         "$work/cold-cpu-before" "$work/cold-cpu-after") "
@@ -261,7 +279,7 @@ cold() {
 }
 
 cold_ratios=""
-declare -A run_batch cold_rss cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
+declare -A run_batch cold_authority cold_generator cold_rss cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
 start_servers() {
     sed -i "s/^  num-threads: .*/  num-threads: $THREADS/" "$work/unbound.conf"
     "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
@@ -292,8 +310,10 @@ for run in $(seq 1 "$COLD_RUNS"); do
         set -- ${cold_latency[$server]}; l=${*: -1}
         set -- ${cold_cpu[$server]}; c=${*: -1}
         set -- ${cold_switches[$server]}; s=${*: -1}
+        set -- ${cold_authority[$server]}; a=${*: -1}
+        set -- ${cold_generator[$server]}; g=${*: -1}
         run_batch[$server]=$w
-        echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]}), context switches $s"
+        echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]}), context switches $s, NSD CPU ${a} s, generator CPU ${g} s"
     done
     cold_ratios+="$(awk -v e="${run_batch[edgekit]}" -v u="${run_batch[unbound]}" 'BEGIN {printf "%.2f", e / u}') "
 done
@@ -440,10 +460,10 @@ echo
 echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
 echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), resident memory +$(median ${cold_rss[$server]}) KiB, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), resident memory +$(median ${cold_rss[$server]}) KiB, NSD CPU $(median ${cold_authority[$server]}) s, generator CPU $(median ${cold_generator[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
-echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
+echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), NSD CPU $(ratio "$(median ${cold_authority[edgekit]})" "$(median ${cold_authority[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
 if ((ROUNDS > 0)); then
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
 for server in unbound edgekit; do
