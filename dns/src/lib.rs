@@ -35,6 +35,7 @@ mod resolver;
 mod root_hints;
 mod scrub;
 mod servers;
+mod shared_exchange;
 mod stats;
 mod trace;
 mod transport;

@@ -30,6 +30,7 @@ use crate::{
     root_hints::RootHints,
     scrub::{scrub, substitute},
     servers::{AddressPolicy, ServerSelection},
+    shared_exchange::{InFlightExchanges, Role},
     stats::{Stats, StatsSnapshot},
     trace::{StepOutcome, TraceStep, rcode_mnemonic},
     transport::{ExchangeError, exchange},
@@ -49,7 +50,8 @@ pub struct Resolution {
     pub authorities: Vec<Record>,
     /// Each upstream query made, in order.
     pub trace: Vec<TraceStep>,
-    /// Upstream queries this resolution sent (0: answered from the cache).
+    /// Upstream queries this resolution sent (0: answered from the cache). A query an
+    /// identical one already in flight answered is not counted.
     pub upstream_queries: u32,
 }
 
@@ -78,6 +80,7 @@ struct Inner {
     servers: ServerSelection,
     policy: AddressPolicy,
     stats: Stats,
+    exchanges: InFlightExchanges,
 }
 
 /// The budget and record of one resolution, shared by its nested work.
@@ -85,7 +88,10 @@ struct Inner {
 struct Work {
     started: Instant,
     deadline: Instant,
+    /// Upstream steps taken, sent or shared: what the query budget limits.
     queries: u32,
+    /// Upstream queries actually sent.
+    sent: u32,
     minimisation_queries: u8,
     trace: Vec<TraceStep>,
     /// Whether to fill `trace`: only `resolve_traced` returns it, so the server's resolutions
@@ -170,6 +176,7 @@ impl Resolver {
                 servers: ServerSelection::default(),
                 policy,
                 stats: Stats::default(),
+                exchanges: InFlightExchanges::default(),
             }),
         })
     }
@@ -263,6 +270,7 @@ impl Resolver {
             started,
             deadline: started + Duration::from_millis(self.inner.config.resolution_timeout_ms),
             queries: 0,
+            sent: 0,
             minimisation_queries: 0,
             trace: Vec::new(),
             record_trace,
@@ -284,7 +292,7 @@ impl Resolver {
             answers: conclusion.answers,
             authorities: conclusion.authorities,
             trace: work.trace,
-            upstream_queries: work.queries,
+            upstream_queries: work.sent,
         })
     }
 
@@ -665,7 +673,6 @@ impl Resolver {
                 });
             }
             work.queries += 1;
-            self.inner.stats.add_upstream_query();
             let server = SocketAddr::new(ip, config.authority_port);
             let mut sent_name = name.clone();
             if config.use_0x20 {
@@ -699,23 +706,47 @@ impl Resolver {
                     over_tcp: false,
                 });
             };
-            let result = exchange(
-                server,
-                &sent_name,
-                record_type,
-                config.edns_buffer_size,
-                timeout,
-                tcp_timeout,
-                &self.inner.stats,
-            )
-            .await;
+            let ask = || async {
+                self.inner.stats.add_upstream_query();
+                let result = exchange(
+                    server,
+                    &sent_name,
+                    record_type,
+                    config.edns_buffer_size,
+                    timeout,
+                    tcp_timeout,
+                    &self.inner.stats,
+                )
+                .await;
+                if let Err(ExchangeError::Timeout(_)) = &result {
+                    self.inner.stats.add_upstream_timeout();
+                }
+                result
+            };
+            // `sent`: this resolution's own query, whose outcome also rates the server; a
+            // shared one was rated by the resolution that sent it.
+            let (result, sent) = match self.inner.exchanges.join(server, name, record_type) {
+                Role::Leader(leader) => {
+                    let result = ask().await;
+                    leader.finish(&result);
+                    (result, true)
+                }
+                Role::Follower(follower) => match tokio::time::timeout(timeout, follower).await {
+                    Ok(Ok(shared)) => (shared.map_err(ExchangeError::Shared), false),
+                    // The sender was cancelled before its reply came: ask ourselves.
+                    Ok(Err(_)) => (ask().await, true),
+                    Err(_) => (Err(ExchangeError::Timeout(timeout)), false),
+                },
+            };
+            if sent {
+                work.sent += 1;
+            }
             let exchanged = match result {
                 Ok(exchanged) => exchanged,
                 Err(err) => {
-                    if matches!(err, ExchangeError::Timeout(_)) {
-                        self.inner.stats.add_upstream_timeout();
+                    if sent {
+                        self.inner.servers.record_failure(ip, timeout);
                     }
-                    self.inner.servers.record_failure(ip, timeout);
                     fail(
                         work,
                         StepOutcome::Failed {
@@ -728,7 +759,9 @@ impl Resolver {
             let mut message = exchanged.message;
             let rcode = message.metadata.response_code;
             if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
-                self.inner.servers.record_failure(ip, timeout);
+                if sent {
+                    self.inner.servers.record_failure(ip, timeout);
+                }
                 fail(
                     work,
                     StepOutcome::Lame {
@@ -739,11 +772,15 @@ impl Resolver {
             }
             scrub(&mut message, zone, name);
             if let Some(reason) = lameness(&message, zone) {
-                self.inner.servers.record_failure(ip, timeout);
+                if sent {
+                    self.inner.servers.record_failure(ip, timeout);
+                }
                 fail(work, StepOutcome::Lame { reason });
                 continue;
             }
-            self.inner.servers.record_reply(ip, exchanged.rtt);
+            if sent {
+                self.inner.servers.record_reply(ip, exchanged.rtt);
+            }
             return Ok(Reply {
                 message,
                 server,

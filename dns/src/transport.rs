@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// What one exchange with one server produced.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Exchange {
     pub(crate) message: Message,
     pub(crate) rtt: Duration,
@@ -38,6 +38,9 @@ pub(crate) enum ExchangeError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Wire(#[from] wire::WireError),
+    /// The identical query another resolution sent failed this way.
+    #[error("{0} (shared with an identical query in flight)")]
+    Shared(String),
 }
 
 /// Ask `server` for `name`/`record_type` once (UDP, then TCP if the reply is truncated). The UDP

@@ -8,4 +8,5 @@ mod chains;
 mod delegation;
 mod minimisation;
 mod negative;
+mod sharing;
 mod spoofing;

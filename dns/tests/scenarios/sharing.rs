@@ -1,0 +1,47 @@
+//! Identical upstream questions in flight share one query (no duplicates for a spoofer to race).
+
+use edgekit_dns::proto::rr::RecordType;
+
+use crate::common::{addresses, hierarchy, name, resolver};
+
+#[tokio::test]
+async fn concurrent_questions_under_a_new_zone_ask_its_parents_once() {
+    let hierarchy = hierarchy().await;
+    let resolver = resolver(&hierarchy);
+    let questions = ["www", "alias", "chain1", "a.b.c", "x.wild", "y.wild"]
+        .map(|label| name(&format!("{label}.example.test.")));
+    let resolutions = futures::future::join_all(
+        questions
+            .iter()
+            .map(|question| resolver.resolve(question, RecordType::A)),
+    )
+    .await;
+    let mut sent = 0;
+    for (question, resolution) in questions.iter().zip(&resolutions) {
+        let resolution = resolution
+            .as_ref()
+            .unwrap_or_else(|failed| panic!("{question}: {failed}"));
+        assert!(!addresses(resolution).is_empty(), "{question}: no address");
+        sent += resolution.upstream_queries;
+    }
+    // Every question starts with the same two minimised steps: "test. A" to the root and
+    // "example.test. A" to test.'s server. Sent once each, not once per question.
+    assert_eq!(hierarchy.server("a.root.").queries().len(), 1);
+    assert_eq!(hierarchy.server("ns1.test.").queries().len(), 1);
+    // The resolutions account for exactly the queries the servers saw.
+    let seen: usize = [
+        "a.root.",
+        "ns1.test.",
+        "ns1.example.test.",
+        "ns2.example.test.",
+    ]
+    .iter()
+    .map(|server| hierarchy.server(server).queries().len())
+    .sum();
+    assert_eq!(sent as usize, seen);
+    assert_eq!(
+        u64::from(sent),
+        resolver.stats().upstream_queries,
+        "the resolver's counter agrees"
+    );
+}
