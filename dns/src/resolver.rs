@@ -725,18 +725,24 @@ impl Resolver {
             };
             // `sent`: this resolution's own query, whose outcome also rates the server; a
             // shared one was rated by the resolution that sent it.
-            let (result, sent) = match self.inner.exchanges.join(server, name, record_type) {
-                Role::Leader(leader) => {
-                    let result = ask().await;
-                    leader.finish(&result);
-                    (result, true)
+            let wait_until = tokio::time::Instant::now() + timeout;
+            let (result, sent) = loop {
+                match self.inner.exchanges.join(server, name, record_type) {
+                    Role::Leader(leader) => {
+                        let result = ask().await;
+                        leader.finish(&result);
+                        break (result, true);
+                    }
+                    Role::Follower(follower) => {
+                        match tokio::time::timeout_at(wait_until, follower).await {
+                            Ok(Ok(shared)) => break (shared.map_err(ExchangeError::Shared), false),
+                            // The sender was cancelled before its reply came: join again, and
+                            // send the query if nobody else has by now.
+                            Ok(Err(_)) => {}
+                            Err(_) => break (Err(ExchangeError::Timeout(timeout)), false),
+                        }
+                    }
                 }
-                Role::Follower(follower) => match tokio::time::timeout(timeout, follower).await {
-                    Ok(Ok(shared)) => (shared.map_err(ExchangeError::Shared), false),
-                    // The sender was cancelled before its reply came: ask ourselves.
-                    Ok(Err(_)) => (ask().await, true),
-                    Err(_) => (Err(ExchangeError::Timeout(timeout)), false),
-                },
             };
             if sent {
                 work.sent += 1;

@@ -45,3 +45,28 @@ async fn concurrent_questions_under_a_new_zone_ask_its_parents_once() {
         "the resolver's counter agrees"
     );
 }
+
+#[tokio::test]
+async fn a_waiting_question_asks_itself_when_the_sender_is_cancelled() {
+    let hierarchy = hierarchy().await;
+    let resolver = resolver(&hierarchy);
+    let www = name("www.example.test.");
+    let alias = name("alias.example.test.");
+    let mut first = Box::pin(resolver.resolve(&www, RecordType::A));
+    let mut second = Box::pin(resolver.resolve(&alias, RecordType::A));
+    // The first sends "test. A" to the root; the second, polled after it, joins and waits.
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    assert!(futures::poll!(second.as_mut()).is_pending());
+    // Its client gives up: the second must not wait for a reply that will never reach it.
+    drop(first);
+    let resolution = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+        .await
+        .expect("the waiting question finishes")
+        .unwrap_or_else(|failed| panic!("{failed}"));
+    assert!(!addresses(&resolution).is_empty());
+    assert_eq!(
+        hierarchy.server("a.root.").queries().len(),
+        2,
+        "the second asked the root itself"
+    );
+}
