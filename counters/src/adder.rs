@@ -363,13 +363,25 @@ mod tests {
     #[test]
     fn contention_spreads_threads_over_cells_and_loses_nothing() {
         let adder = Adder::default();
+        let start = std::sync::Barrier::new(4);
+        let rounds_done = AtomicU64::new(0);
+        // Each thread does 100 000 rounds, and goes on (up to the deadline) while the threads
+        // have not collided yet: on a loaded 2-core machine the scheduler can run them one
+        // after another for a while, and 100 000 rounds of one thread fit in one time slice.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
-                    for _ in 0..100_000 {
+                    start.wait();
+                    let mut rounds = 0_u64;
+                    while rounds < 100_000
+                        || (!adder.is_striped() && std::time::Instant::now() < deadline)
+                    {
                         adder.add(1);
                         adder.add(-1);
+                        rounds += 1;
                     }
+                    rounds_done.fetch_add(rounds, Relaxed);
                 });
             }
         });
@@ -378,8 +390,10 @@ mod tests {
             adder.is_striped(),
             "four threads hammering one adder must stripe it"
         );
-        assert_eq!(sum.increments, 400_000);
-        assert_eq!(sum.decrements, 400_000);
+        let rounds = rounds_done.load(Relaxed);
+        assert!(rounds >= 400_000);
+        assert_eq!(sum.increments, rounds);
+        assert_eq!(sum.decrements, rounds);
     }
 
     /// This thread's slot after adding once to a striped adder.
