@@ -48,7 +48,8 @@ pub struct Resolution {
     pub answers: Vec<Record>,
     /// For negative answers, the SOA that says for how long they hold.
     pub authorities: Vec<Record>,
-    /// Each upstream query made, in order.
+    /// Each upstream query made, in order; a step answered by an identical query another
+    /// resolution had in flight is listed too (so there can be more steps than queries sent).
     pub trace: Vec<TraceStep>,
     /// Upstream queries this resolution sent (0: answered from the cache). A query an
     /// identical one already in flight answered is not counted.
@@ -706,11 +707,12 @@ impl Resolver {
                     over_tcp: false,
                 });
             };
-            let ask = || async {
+            let query_name = &sent_name;
+            let ask = |timeout: Duration, tcp_timeout: Duration| async move {
                 self.inner.stats.add_upstream_query();
                 let result = exchange(
                     server,
-                    &sent_name,
+                    query_name,
                     record_type,
                     config.edns_buffer_size,
                     timeout,
@@ -725,11 +727,17 @@ impl Resolver {
             };
             // `sent`: this resolution's own query, whose outcome also rates the server; a
             // shared one was rated by the resolution that sent it.
-            let wait_until = tokio::time::Instant::now() + timeout;
+            // A follower waits as long as its resolution may: the sender's own exchange is
+            // bounded (UDP, then TCP after a truncated reply, each with its timeout), and if
+            // the sender is cancelled the wait ends at once.
+            let wait_until = tokio::time::Instant::from_std(work.deadline);
             let (result, sent) = loop {
                 match self.inner.exchanges.join(server, name, record_type) {
                     Role::Leader(leader) => {
-                        let result = ask().await;
+                        // After waiting for a cancelled sender, less time is left than when
+                        // the timeouts were worked out.
+                        let left = work.deadline.saturating_duration_since(Instant::now());
+                        let result = ask(timeout.min(left), tcp_timeout.min(left)).await;
                         leader.finish(&result);
                         break (result, true);
                     }
@@ -739,7 +747,11 @@ impl Resolver {
                             // The sender was cancelled before its reply came: join again, and
                             // send the query if nobody else has by now.
                             Ok(Err(_)) => {}
-                            Err(_) => break (Err(ExchangeError::Timeout(timeout)), false),
+                            Err(_) => {
+                                let reason = "no reply to the identical query in flight before \
+                                              the resolution's deadline";
+                                break (Err(ExchangeError::Shared(reason.to_string())), false);
+                            }
                         }
                     }
                 }

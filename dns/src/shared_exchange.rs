@@ -96,7 +96,9 @@ impl Leader<'_> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.owner.waiting.lock().remove(&key);
+            // Dropped after the lock is released: closing a follower's channel wakes it.
+            let followers = self.owner.waiting.lock().remove(&key);
+            drop(followers);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use edgekit_dns::proto::rr::RecordType;
 
-use crate::common::{addresses, hierarchy, name, resolver};
+use crate::common::{addresses, config, hierarchy, name, resolver, resolver_with};
 
 #[tokio::test]
 async fn concurrent_questions_under_a_new_zone_ask_its_parents_once() {
@@ -68,5 +68,50 @@ async fn a_waiting_question_asks_itself_when_the_sender_is_cancelled() {
         hierarchy.server("a.root.").queries().len(),
         2,
         "the second asked the root itself"
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_question_outlasts_the_senders_retry_over_tcp() {
+    use edgekit_dns::{Clock, ResolverConfig};
+    use edgekit_testkit::dns::Behaviour;
+
+    let hierarchy = hierarchy().await;
+    let config = ResolverConfig {
+        query_timeout_ms: 1_000,
+        ..config(&hierarchy)
+    };
+    let resolver = resolver_with(&hierarchy, config, Clock::system());
+    // Every UDP reply from other.'s server is truncated, after 600 ms: the sender's exchange is
+    // a UDP round trip (inside its 1 s timeout) and then a TCP one, 1.2 s in all. The waiting
+    // question must wait for that, not give up after one UDP timeout.
+    let other = hierarchy.server("ns.other.");
+    other.set_behaviour(Behaviour {
+        delay: Some(std::time::Duration::from_millis(600)),
+        truncate_udp: true,
+        ..Behaviour::default()
+    });
+    let question = name("www.zone.other.");
+    let (first, second) = tokio::join!(
+        resolver.resolve(&question, RecordType::A),
+        resolver.resolve(&question, RecordType::A)
+    );
+    for resolution in [first, second] {
+        let resolution = resolution.unwrap_or_else(|failed| panic!("{failed}"));
+        assert_eq!(
+            addresses(&resolution),
+            vec!["192.0.2.2".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+    }
+    let asked: Vec<bool> = other
+        .queries()
+        .into_iter()
+        .filter(|query| query.name.to_lowercase() == question)
+        .map(|query| query.tcp)
+        .collect();
+    assert_eq!(
+        asked,
+        vec![false, true],
+        "one UDP query, then one TCP retry"
     );
 }
