@@ -725,8 +725,6 @@ impl Resolver {
                 }
                 result
             };
-            // `sent`: this resolution's own query, whose outcome also rates the server; a
-            // shared one was rated by the resolution that sent it.
             // A follower waits as long as its resolution may: the sender's own exchange is
             // bounded (UDP, then TCP after a truncated reply, each with its timeout), and if
             // the sender is cancelled the wait ends at once.
@@ -756,15 +754,20 @@ impl Resolver {
                     }
                 }
             };
+            // `sent`: this resolution's own query, whose outcome also rates the server; a
+            // shared one was rated by the resolution that sent it.
             if sent {
                 work.sent += 1;
             }
+            let rate_failure = || {
+                if sent {
+                    self.inner.servers.record_failure(ip, timeout);
+                }
+            };
             let exchanged = match result {
                 Ok(exchanged) => exchanged,
                 Err(err) => {
-                    if sent {
-                        self.inner.servers.record_failure(ip, timeout);
-                    }
+                    rate_failure();
                     fail(
                         work,
                         StepOutcome::Failed {
@@ -777,9 +780,7 @@ impl Resolver {
             let mut message = exchanged.message;
             let rcode = message.metadata.response_code;
             if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
-                if sent {
-                    self.inner.servers.record_failure(ip, timeout);
-                }
+                rate_failure();
                 fail(
                     work,
                     StepOutcome::Lame {
@@ -790,9 +791,7 @@ impl Resolver {
             }
             scrub(&mut message, zone, name);
             if let Some(reason) = lameness(&message, zone) {
-                if sent {
-                    self.inner.servers.record_failure(ip, timeout);
-                }
+                rate_failure();
                 fail(work, StepOutcome::Lame { reason });
                 continue;
             }
