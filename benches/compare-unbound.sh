@@ -227,11 +227,10 @@ thread_cpu_ns() {
 # CPU nanoseconds used so far by every NSD process of this run (main, server and xfrd
 # processes): the authorities' share of the work a cold batch puts on the machine.
 authority_cpu_ns() {
-    local pid total=0 ns
+    local pid
     for pid in $(pgrep -f "nsd -d -c $work/" || true); do
-        for ns in $(thread_cpu_ns "$pid" | awk '{print $2}'); do total=$((total + ns)); done
-    done
-    echo "$total"
+        thread_cpu_ns "$pid"
+    done | awk '{t += $2} END {printf "%d\n", t}'
 }
 # Resident memory of a server in KiB.
 rss_kib() {
