@@ -218,3 +218,29 @@ fn sighup_reloads_the_acl_without_restarting() {
         "the server is still running"
     );
 }
+
+/// The binary turns transparent huge pages off for itself: a huge-page fault zeroes 2 MiB at once
+/// and stalled a fresh server's first answers by milliseconds (docs/benchmarks.md, session 9).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hierarchy = runtime
+        .block_on(example_test_hierarchy("").start())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hints = dir.path().join("test.root");
+    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
+
+    let running = start_server(hierarchy.port(), &hints, &["--threads", "1"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.guard.0.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled (Linux 5.0 and later)");
+    assert_eq!(thp.trim(), "0", "THP_enabled in /proc/<pid>/status");
+}
