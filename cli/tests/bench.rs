@@ -13,7 +13,8 @@ use std::{
 use assert_cmd::Command;
 use predicates::prelude::*;
 
-/// Echoes each query back with QR set (NOERROR) until dropped.
+/// Echoes each query back with QR set until dropped: NXDOMAIN for names with a label
+/// `missing`, NOERROR otherwise.
 struct Responder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -36,6 +37,12 @@ impl Responder {
                     && length >= 12
                 {
                     buffer[2] |= 0x80;
+                    if buffer[12..length]
+                        .windows(8)
+                        .any(|label| label == b"\x07missing")
+                    {
+                        buffer[3] = (buffer[3] & 0xF0) | 3;
+                    }
                     let _ = socket.send_to(&buffer[..length], peer);
                 }
             }
@@ -171,4 +178,62 @@ fn concurrency_and_rate_are_exclusive() {
         .args(["--concurrency", "4", "--rate", "10"])
         .assert()
         .code(2);
+}
+
+#[test]
+fn query_log_lists_every_answer_in_send_order() {
+    let responder = Responder::start();
+    let queries = query_file("www.example.com A\nmissing.example.net AAAA\n");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    bench_dns(responder.addr, &queries)
+        .args([
+            "--count",
+            "50",
+            "--concurrency",
+            "4",
+            "--sockets",
+            "2",
+            "--json",
+        ])
+        .arg("--query-log")
+        .arg(log.path())
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("sent_us,latency_us,rcode,name,type"));
+    let rows: Vec<Vec<&str>> = lines.map(|line| line.split(',').collect()).collect();
+    assert_eq!(rows.len(), 50, "one line per answered query");
+    let mut previous_sent = 0;
+    let mut missing = 0;
+    for row in &rows {
+        assert_eq!(row.len(), 5, "five fields: {row:?}");
+        let sent: u64 = row[0].parse().unwrap();
+        let latency: u64 = row[1].parse().unwrap();
+        assert!(sent >= previous_sent, "lines are in send order");
+        assert!(latency >= 1);
+        previous_sent = sent;
+        match (row[2], row[3], row[4]) {
+            ("NOERROR", "www.example.com.", "A") => {}
+            ("NXDOMAIN", "missing.example.net.", "AAAA") => missing += 1,
+            other => panic!("unexpected line {other:?}"),
+        }
+    }
+    assert_eq!(missing, 25, "the file's two queries alternate");
+}
+
+#[test]
+fn query_log_to_an_unwritable_path_is_an_error_naming_it() {
+    let responder = Responder::start();
+    let queries = query_file("www.example.com A\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("log.csv");
+    bench_dns(responder.addr, &queries)
+        .args(["--count", "5"])
+        .arg("--query-log")
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot write the query log"))
+        .stderr(predicate::str::contains("no-such-dir"));
 }

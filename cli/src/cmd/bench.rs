@@ -65,6 +65,11 @@ pub(crate) struct BenchDnsArgs {
     /// burstier default, so use 1 when comparing with dnsperf on such a server.
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub(crate) receive_batch: usize,
+    /// Write every answered query as CSV, in the order sent: when it was sent (microseconds
+    /// after the start), its latency (microseconds), rcode, name and type. A stall in the
+    /// server shows as a run of slow answers sent together.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) query_log: Option<PathBuf>,
 }
 
 pub(crate) fn run(command: BenchCommand, _global: &GlobalOpts) -> anyhow::Result<()> {
@@ -94,6 +99,7 @@ fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
     config.timeout = args.timeout.into();
     config.sockets = args.sockets;
     config.receive_batch = args.receive_batch;
+    config.record_answers = args.query_log.is_some();
     config.validate()?;
 
     let live = bench::LiveStats::default();
@@ -130,6 +136,10 @@ fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
         std::fs::write(path, bench::latency_svg(&report))
             .with_context(|| format!("cannot write the chart to {}", path.display()))?;
     }
+    if let Some(path) = &args.query_log {
+        write_query_log(path, &report, &queries)
+            .with_context(|| format!("cannot write the query log to {}", path.display()))?;
+    }
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &report)?;
@@ -142,6 +152,45 @@ fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} answered none of {} queries", args.server, report.sent);
     }
     Ok(())
+}
+
+/// `--query-log`: one CSV line per answered query, in send order.
+fn write_query_log(
+    path: &std::path::Path,
+    report: &bench::Report,
+    queries: &[bench::BenchQuery],
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "sent_us,latency_us,rcode,name,type")?;
+    for answer in &report.answered_queries {
+        let (name, record_type) = queries
+            .get(answer.query)
+            .map(|query| {
+                (
+                    csv_field(&query.name.to_string()),
+                    query.record_type.to_string(),
+                )
+            })
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{},{},{},{name},{record_type}",
+            answer.sent_micros,
+            answer.latency_micros,
+            answer.rcode_name()
+        )?;
+    }
+    out.flush()
+}
+
+/// A CSV field: quoted (quotes doubled) only when it holds a comma, a quote or a line break,
+/// which a DNS label may.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// A bar over queries sent (for --count) or a spinner (for --duration), on stderr only when a

@@ -39,7 +39,7 @@ use std::{
 
 pub use plot::latency_svg;
 pub use query_file::{BenchQuery, QueryFileError, load_query_file, parse_query_file};
-pub use report::{LatencySummary, Report};
+pub use report::{AnsweredQuery, LatencySummary, Report};
 
 use worker::{RECEIVE_BATCH as MAX_RECEIVE_BATCH, Shared, WorkerStats};
 
@@ -96,6 +96,10 @@ pub struct BenchConfig {
     /// receiver threads do. A server that reads in batches is cheaper per query under burstier
     /// load, so two generators agree on such a server only with the same setting.
     pub receive_batch: usize,
+    /// Keep every answered query's send time, latency and rcode in
+    /// [`Report::answered_queries`] (about 40 bytes each; off by default). For finding where in
+    /// a run the time went: a stall shows as a run of slow answers sent together.
+    pub record_answers: bool,
 }
 
 impl BenchConfig {
@@ -112,6 +116,7 @@ impl BenchConfig {
             timeout: Duration::from_secs(5),
             sockets: 4,
             receive_batch: MAX_RECEIVE_BATCH,
+            record_answers: false,
         }
     }
 

@@ -26,6 +26,26 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
+/// One answered query, kept when [`BenchConfig::record_answers`] is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredQuery {
+    /// When it was sent, in microseconds after the run started.
+    pub sent_micros: u64,
+    /// From its send to its reply, in microseconds.
+    pub latency_micros: u64,
+    /// The reply's 4-bit header rcode.
+    pub rcode: u8,
+    /// Its index in the query slice the run was given.
+    pub query: usize,
+}
+
+impl AnsweredQuery {
+    /// The rcode's mnemonic (`NOERROR`, `NXDOMAIN`, ...), as in [`Report::rcodes`].
+    pub fn rcode_name(&self) -> String {
+        rcode_name(self.rcode)
+    }
+}
+
 /// What a run measured. `sent == answered + lost` always holds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -57,6 +77,10 @@ pub struct Report {
     /// The full latency distribution, in microseconds (for charts).
     #[serde(skip)]
     pub latency_micros: Histogram<u64>,
+    /// Every answered query in the order sent, if [`BenchConfig::record_answers`] was set;
+    /// empty otherwise.
+    #[serde(skip)]
+    pub answered_queries: Vec<AnsweredQuery>,
 }
 
 impl Report {
@@ -103,6 +127,18 @@ impl Report {
                 max: millis(histogram.max()),
             }
         };
+        let mut answered_queries: Vec<AnsweredQuery> = stats
+            .answers
+            .iter()
+            .map(|answer| AnsweredQuery {
+                sent_micros: u64::try_from(answer.sent_at.duration_since(start).as_micros())
+                    .unwrap_or(u64::MAX),
+                latency_micros: answer.latency_micros,
+                rcode: answer.rcode,
+                query: answer.query,
+            })
+            .collect();
+        answered_queries.sort_by_key(|answer| answer.sent_micros);
         let (concurrency, rate) = match config.load {
             Load::Concurrency(window) => (Some(window), None),
             Load::Rate(rate) => (None, Some(rate)),
@@ -121,6 +157,7 @@ impl Report {
             rcodes,
             latency_ms,
             latency_micros: stats.latency_micros,
+            answered_queries,
         }
     }
 }

@@ -78,9 +78,10 @@ impl Shared<'_> {
         Some(start..end)
     }
 
-    fn query(&self, ticket: u64) -> Option<&BenchQuery> {
+    /// The query a ticket stands for, with its index in the query file.
+    fn query(&self, ticket: u64) -> Option<(usize, &BenchQuery)> {
         let index = (ticket % self.queries.len() as u64) as usize;
-        self.queries.get(index)
+        Some((index, self.queries.get(index)?))
     }
 }
 
@@ -95,7 +96,11 @@ struct Local {
 
 impl Local {
     /// The next query to send, or `None` once the run is over.
-    fn next_query<'q>(&mut self, shared: &'q Shared<'_>, now: Instant) -> Option<&'q BenchQuery> {
+    fn next_query<'q>(
+        &mut self,
+        shared: &'q Shared<'_>,
+        now: Instant,
+    ) -> Option<(usize, &'q BenchQuery)> {
         if shared.deadline().is_some_and(|deadline| now >= deadline) {
             return None;
         }
@@ -139,6 +144,17 @@ pub(super) struct WorkerStats {
     pub(super) rcodes: [u64; 16],
     pub(super) latency_micros: Histogram<u64>,
     pub(super) last_answer: Option<Instant>,
+    /// Every answered query, when the config asks for them.
+    pub(super) answers: Vec<Answer>,
+}
+
+/// One answered query, as a worker saw it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Answer {
+    pub(super) sent_at: Instant,
+    pub(super) latency_micros: u64,
+    pub(super) rcode: u8,
+    pub(super) query: usize,
 }
 
 impl WorkerStats {
@@ -153,6 +169,7 @@ impl WorkerStats {
             latency_micros: Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
                 .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid")),
             last_answer: None,
+            answers: Vec::new(),
         }
     }
 
@@ -167,6 +184,7 @@ impl WorkerStats {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency_micros.add(&other.latency_micros);
         self.last_answer = self.last_answer.max(other.last_answer);
+        self.answers.extend_from_slice(&other.answers);
     }
 }
 
@@ -176,6 +194,8 @@ struct Pending {
     sent_at: Instant,
     /// Distinguishes this query from an earlier one that used the same ID.
     sequence: u64,
+    /// Its index in the query file.
+    query: usize,
 }
 
 /// Outstanding queries by ID, plus their send order so the oldest is found in O(1).
@@ -205,7 +225,7 @@ impl Outstanding {
 
     /// Take a free ID for a query sent now. IDs cycle through all 65536 values, so a late reply
     /// to a lost query is very unlikely to meet a new query with the same ID.
-    fn add(&mut self, sent_at: Instant) -> u16 {
+    fn add(&mut self, sent_at: Instant, query: usize) -> u16 {
         while self.by_id[usize::from(self.next_id)].is_some() {
             self.next_id = self.next_id.wrapping_add(1);
         }
@@ -213,7 +233,11 @@ impl Outstanding {
         self.next_id = self.next_id.wrapping_add(1);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        self.by_id[usize::from(id)] = Some(Pending { sent_at, sequence });
+        self.by_id[usize::from(id)] = Some(Pending {
+            sent_at,
+            sequence,
+            query,
+        });
         self.order.push_back((id, sequence));
         self.count += 1;
         id
@@ -507,6 +531,16 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
     let mut stats = WorkerStats::new();
     // Clearing writes every count, so the histogram's pages (about 150 KiB) are faulted in now.
     std::hint::black_box(&mut stats.latency_micros).reset();
+    if config.record_answers {
+        // Room for this worker's share of a --count run up front, so the log's growth does not
+        // land inside the measured time; a --duration run grows it as it goes.
+        if let super::Stop::Count(count) = config.stop {
+            let share = count / config.sockets.max(1) as u64 + 1;
+            stats
+                .answers
+                .reserve(usize::try_from(share).unwrap_or(0).min(1 << 22));
+        }
+    }
     let mut outstanding = Outstanding::new();
     let mut query_buffer = Vec::with_capacity(512);
     let mut write_buffer = Vec::new();
@@ -547,14 +581,14 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
                 }
             };
             while allowed > 0 {
-                let Some(query) = local.next_query(shared, now) else {
+                let Some((query_index, query)) = local.next_query(shared, now) else {
                     done_sending = true;
                     break;
                 };
                 allowed -= 1;
                 paced_sends += 1;
                 // One clock read per burst: the sends of a burst leave within microseconds.
-                let id = outstanding.add(now);
+                let id = outstanding.add(now, query_index);
                 query_buffer.clear();
                 query_buffer.extend_from_slice(&query.wire);
                 query_buffer[..2].copy_from_slice(&id.to_be_bytes());
@@ -614,7 +648,16 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
                             let micros = answered_at.duration_since(pending.sent_at).as_micros();
                             let micros = u64::try_from(micros).unwrap_or(MAX_LATENCY_MICROS).max(1);
                             stats.latency_micros.saturating_record(micros);
-                            stats.rcodes[usize::from(message[3] & 0x0F)] += 1;
+                            let rcode = message[3] & 0x0F;
+                            stats.rcodes[usize::from(rcode)] += 1;
+                            if config.record_answers {
+                                stats.answers.push(Answer {
+                                    sent_at: pending.sent_at,
+                                    latency_micros: micros,
+                                    rcode,
+                                    query: pending.query,
+                                });
+                            }
                             stats.answered += 1;
                             stats.last_answer = Some(answered_at);
                             local.unpublished_answered += 1;
