@@ -241,6 +241,10 @@ rss_kib() {
 context_switches() {
     cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
 }
+# Voluntary context switches only: how often a server's threads went to sleep for want of work.
+sleeps() {
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
+}
 # cold NAME ADDR: the query file once each, 16 outstanding. Records the batch time (first send
 # to last reply, from the generator's report: the figure compared), the process wall time
 # around it (includes the generator's start-up and exit), the upstream queries NSD counted and
@@ -333,6 +337,8 @@ measure() {
     local server=$1 addr=$2 tool=$3 out runtime
     shift 3
     thread_cpu_ns "${server_pid[$server]}" >"$work/cpu-before"
+    local sleeps_before
+    sleeps_before=$(sleeps "${server_pid[$server]}")
     local counter=""
     if [[ $SYSCALLS == 1 ]]; then
         perf stat -x, -o "$work/syscalls" -p "${server_pid[$server]}" \
@@ -359,6 +365,11 @@ measure() {
         runtime=$(json_field '["elapsed_seconds"]' <"$work/bench.json")
     fi
     thread_cpu_ns "${server_pid[$server]}" >"$work/cpu-after"
+    # How often the server ran out of queries and slept, per 1000 answered: each sleep ends in a
+    # wake-up (an inter-processor interrupt on a VM), which a generator that keeps the server's
+    # socket fed never causes (docs/benchmarks.md, session 9).
+    run_sleeps=$(awk -v a="$sleeps_before" -v b="$(sleeps "${server_pid[$server]}")" -v q="$run_qps" -v t="$runtime" \
+        'BEGIN {printf "%.1f", (q * t > 0) ? (b - a) / (q * t) * 1000 : 0}')
     run_syscalls=""
     if [[ -n $counter ]]; then
         kill -INT "$counter"; wait "$counter" 2>/dev/null || true
@@ -373,7 +384,7 @@ measure() {
 }
 
 declare -A perf_qps bench_qps bench_p99 agree_perf agree_bench agree_perf_busy agree_bench_busy
-declare -A agree_perf_generator agree_bench_generator
+declare -A agree_perf_generator agree_bench_generator agree_perf_sleeps agree_bench_sleeps
 for round in $(seq 1 "$ROUNDS"); do
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
@@ -439,12 +450,14 @@ if [[ $AGREE == 1 ]]; then
         [[ -n $AGREE_CPU_QUOTA ]] && quota_on "${server_pid[$server]}" "$AGREE_CPU_QUOTA"
         for round in $(seq 1 "$AGREE_ROUNDS"); do
             measure "$server" "$addr" dnsperf taskset -c 1
-            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator$run_syscalls"
+            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, slept $run_sleeps times per 1000 queries, generator CPU $run_generator$run_syscalls"
+            agree_perf_sleeps[$server]+="$run_sleeps "
             agree_perf[$server]+="$run_qps "
             agree_perf_busy[$server]+="${run_server%%%*} "
             agree_perf_generator[$server]+="${run_generator%\%} "
             measure "$server" "$addr" edgekit taskset -c 1
-            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, generator CPU $run_generator$run_syscalls"
+            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, slept $run_sleeps times per 1000 queries, generator CPU $run_generator$run_syscalls"
+            agree_bench_sleeps[$server]+="$run_sleeps "
             agree_bench[$server]+="$run_qps "
             agree_bench_busy[$server]+="${run_server%%%*} "
             agree_bench_generator[$server]+="${run_generator%\%} "
@@ -459,7 +472,9 @@ echo
 echo "unbound $("$UNBOUND" -V | sed -n 's/^Version //p') vs edgekit $("$EDGEKIT" --version | awk '{print $2}'), $COLD_THREADS threads each (cold and cached); NSD $("$NSD" -v 2>&1 | sed -n 's/^NSD version //p')"
 echo "cold batch ($total_queries distinct questions, $COLD_CONCURRENCY outstanding, medians of $COLD_RUNS fresh starts; batch = first send to last reply):"
 for server in unbound edgekit; do
-    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), resident memory +$(median ${cold_rss[$server]}) KiB, NSD CPU $(median ${cold_authority[$server]}) s, generator CPU $(median ${cold_generator[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
+    # Per-run p99s, medianed: one stall that holds every question in flight shows here first.
+    cold_p99s=$(printf '%s\n' ${cold_latency[$server]} | awk -F/ '{print $2}')
+    echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), latency p99 $(median $cold_p99s) ms (median of runs), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), resident memory +$(median ${cold_rss[$server]}) KiB, NSD CPU $(median ${cold_authority[$server]}) s, generator CPU $(median ${cold_generator[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), NSD CPU $(ratio "$(median ${cold_authority[edgekit]})" "$(median ${cold_authority[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
@@ -480,7 +495,7 @@ if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
         p=$(median ${agree_perf[$server]}); b=$(median ${agree_bench[$server]})
         r=$(ratio "$b" "$p")
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core"
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core, server slept $(median ${agree_perf_sleeps[$server]}) / $(median ${agree_bench_sleeps[$server]}) times per 1000 queries"
         awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" -v limit="$limit" 'BEGIN {
             if (s < 0.95 * limit || t < 0.95 * limit)
                 print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"
