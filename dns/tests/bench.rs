@@ -472,3 +472,33 @@ fn report_serialises_to_json_and_plots_as_svg() {
     // 300 samples support two nines; the chart does not claim a p99.9 point.
     assert!(!svg.contains("p99.9 "));
 }
+
+#[test]
+fn the_answer_log_is_off_by_default_and_holds_at_most_its_limit() {
+    let responder = Responder::udp(Behaviour::default());
+    let queries = bench::parse_query_file(QUERIES).unwrap();
+    let mut config = config(responder.addr, Stop::Count(200));
+    config.sockets = 2;
+    let report = bench::run(&config, &queries, &LiveStats::default()).unwrap();
+    assert!(report.answered_queries.is_empty());
+    assert_eq!(report.answered_queries_not_kept, 0);
+
+    config.answer_log_limit = 40;
+    let report = bench::run(&config, &queries, &LiveStats::default()).unwrap();
+    assert_eq!(report.answered, 200);
+    assert_eq!(report.answered_queries.len(), 40, "20 per socket");
+    assert_eq!(report.answered_queries_not_kept, 160);
+    let mut previous_sent = 0;
+    for answer in &report.answered_queries {
+        assert!(answer.sent_micros >= previous_sent, "in send order");
+        previous_sent = answer.sent_micros;
+        assert!(answer.latency_micros >= 1);
+        // The responder answers the file's one AAAA question NXDOMAIN and the rest NOERROR.
+        let expected = if queries[answer.query].record_type.to_string() == "AAAA" {
+            "NXDOMAIN"
+        } else {
+            "NOERROR"
+        };
+        assert_eq!(answer.rcode_name(), expected);
+    }
+}

@@ -96,10 +96,11 @@ pub struct BenchConfig {
     /// receiver threads do. A server that reads in batches is cheaper per query under burstier
     /// load, so two generators agree on such a server only with the same setting.
     pub receive_batch: usize,
-    /// Keep every answered query's send time, latency and rcode in
-    /// [`Report::answered_queries`] (about 40 bytes each; off by default). For finding where in
-    /// a run the time went: a stall shows as a run of slow answers sent together.
-    pub record_answers: bool,
+    /// Keep up to this many answered queries' send times, latencies and rcodes in
+    /// [`Report::answered_queries`] (about 40 bytes each; 0, the default, keeps none). For
+    /// finding where in a run the time went: a stall shows as a run of slow answers sent
+    /// together. Each socket keeps the first `answer_log_limit / sockets` answers it saw.
+    pub answer_log_limit: usize,
 }
 
 impl BenchConfig {
@@ -116,7 +117,7 @@ impl BenchConfig {
             timeout: Duration::from_secs(5),
             sockets: 4,
             receive_batch: MAX_RECEIVE_BATCH,
-            record_answers: false,
+            answer_log_limit: 0,
         }
     }
 

@@ -26,7 +26,7 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
-/// One answered query, kept when [`BenchConfig::record_answers`] is set.
+/// One answered query, kept when [`BenchConfig::answer_log_limit`] allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnsweredQuery {
     /// When it was sent, in microseconds after the run started.
@@ -77,10 +77,13 @@ pub struct Report {
     /// The full latency distribution, in microseconds (for charts).
     #[serde(skip)]
     pub latency_micros: Histogram<u64>,
-    /// Every answered query in the order sent, if [`BenchConfig::record_answers`] was set;
-    /// empty otherwise.
+    /// Answered queries in the order sent, up to [`BenchConfig::answer_log_limit`]; empty
+    /// by default.
     #[serde(skip)]
     pub answered_queries: Vec<AnsweredQuery>,
+    /// Answered queries left out of `answered_queries` because it was full.
+    #[serde(skip)]
+    pub answered_queries_not_kept: u64,
 }
 
 impl Report {
@@ -158,6 +161,7 @@ impl Report {
             latency_ms,
             latency_micros: stats.latency_micros,
             answered_queries,
+            answered_queries_not_kept: stats.answers_not_logged,
         }
     }
 }

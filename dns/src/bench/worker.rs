@@ -146,6 +146,8 @@ pub(super) struct WorkerStats {
     pub(super) last_answer: Option<Instant>,
     /// Every answered query, when the config asks for them.
     pub(super) answers: Vec<Answer>,
+    /// Answers not kept because the log was full.
+    pub(super) answers_not_logged: u64,
 }
 
 /// One answered query, as a worker saw it.
@@ -170,6 +172,7 @@ impl WorkerStats {
                 .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid")),
             last_answer: None,
             answers: Vec::new(),
+            answers_not_logged: 0,
         }
     }
 
@@ -185,6 +188,7 @@ impl WorkerStats {
         let _ = self.latency_micros.add(&other.latency_micros);
         self.last_answer = self.last_answer.max(other.last_answer);
         self.answers.extend_from_slice(&other.answers);
+        self.answers_not_logged += other.answers_not_logged;
     }
 }
 
@@ -531,14 +535,16 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
     let mut stats = WorkerStats::new();
     // Clearing writes every count, so the histogram's pages (about 150 KiB) are faulted in now.
     std::hint::black_box(&mut stats.latency_micros).reset();
-    if config.record_answers {
+    // Each worker keeps an equal share of the log: the first answers it saw.
+    let answer_log_limit = config.answer_log_limit / config.sockets.max(1);
+    if answer_log_limit > 0 {
         // Room for this worker's share of a --count run up front, so the log's growth does not
         // land inside the measured time; a --duration run grows it as it goes.
         if let super::Stop::Count(count) = config.stop {
             let share = count / config.sockets.max(1) as u64 + 1;
             stats
                 .answers
-                .reserve(usize::try_from(share).unwrap_or(0).min(1 << 22));
+                .reserve(usize::try_from(share).unwrap_or(0).min(answer_log_limit));
         }
     }
     let mut outstanding = Outstanding::new();
@@ -650,13 +656,15 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
                             stats.latency_micros.saturating_record(micros);
                             let rcode = message[3] & 0x0F;
                             stats.rcodes[usize::from(rcode)] += 1;
-                            if config.record_answers {
+                            if stats.answers.len() < answer_log_limit {
                                 stats.answers.push(Answer {
                                     sent_at: pending.sent_at,
                                     latency_micros: micros,
                                     rcode,
                                     query: pending.query,
                                 });
+                            } else if config.answer_log_limit > 0 {
+                                stats.answers_not_logged += 1;
                             }
                             stats.answered += 1;
                             stats.last_answer = Some(answered_at);
