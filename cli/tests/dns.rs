@@ -99,19 +99,13 @@ fn ask(server: SocketAddr, id: u16, name: &str) -> Message {
 
 #[test]
 fn serves_the_hierarchy_and_exits_0_on_sigterm() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let hierarchy = runtime
-        .block_on(example_test_hierarchy("").start())
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let hints = dir.path().join("test.root");
-    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
+    let authorities = example_test_hierarchy("").start_with_hints().unwrap();
 
-    let running = start_server(hierarchy.port(), &hints, &["--threads", "2"]);
+    let running = start_server(
+        authorities.hierarchy.port(),
+        &authorities.hints,
+        &["--threads", "2"],
+    );
     let (mut guard, server) = (running.guard, running.udp);
 
     let answer = ask(server, 42, "www.example.test.");
@@ -165,24 +159,14 @@ fn a_bad_server_table_is_rejected_naming_the_field() {
 
 #[test]
 fn sighup_reloads_the_acl_without_restarting() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let hierarchy = runtime
-        .block_on(example_test_hierarchy("").start())
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let hints = dir.path().join("test.root");
-    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
-    let config = dir.path().join("dns.toml");
+    let authorities = example_test_hierarchy("").start_with_hints().unwrap();
+    let config = authorities.dir.path().join("dns.toml");
     std::fs::write(&config, "[server]\nallow = [\"127.0.0.0/8\"]\n").unwrap();
 
     let config_arg = config.to_str().unwrap();
     let running = start_server(
-        hierarchy.port(),
-        &hints,
+        authorities.hierarchy.port(),
+        &authorities.hints,
         &["--threads", "1", "--config", config_arg],
     );
     let (mut guard, server, lines) = (running.guard, running.udp, running.stderr_lines);
@@ -224,19 +208,13 @@ fn sighup_reloads_the_acl_without_restarting() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_server_runs_without_transparent_huge_pages() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let hierarchy = runtime
-        .block_on(example_test_hierarchy("").start())
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let hints = dir.path().join("test.root");
-    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
+    let authorities = example_test_hierarchy("").start_with_hints().unwrap();
 
-    let running = start_server(hierarchy.port(), &hints, &["--threads", "1"]);
+    let running = start_server(
+        authorities.hierarchy.port(),
+        &authorities.hints,
+        &["--threads", "1"],
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", running.guard.0.id())).unwrap();
     let thp = status
         .lines()

@@ -1,9 +1,7 @@
 //! `edgekit resolve` against an in-process hierarchy of authoritative servers on 127.0.0.x.
 
-use std::path::PathBuf;
-
 use assert_cmd::Command;
-use edgekit_testkit::dns::{DnsHierarchy, example_test_hierarchy};
+use edgekit_testkit::dns::{HintedHierarchy, example_test_hierarchy};
 use predicates::prelude::*;
 
 /// Records in `example.test.` beyond the fixture's `www`.
@@ -12,31 +10,14 @@ alias     IN CNAME www
 ";
 
 /// The hierarchy runs on its own runtime while the test thread waits for the child process.
-struct Fixture {
-    hierarchy: DnsHierarchy,
-    hints: PathBuf,
-    _dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
-}
+struct Fixture(HintedHierarchy);
 
 fn fixture() -> Fixture {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let hierarchy = runtime
-        .block_on(example_test_hierarchy(EXAMPLE_RECORDS).start())
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let hints = dir.path().join("test.root");
-    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
-    Fixture {
-        hierarchy,
-        hints,
-        _dir: dir,
-        _runtime: runtime,
-    }
+    Fixture(
+        example_test_hierarchy(EXAMPLE_RECORDS)
+            .start_with_hints()
+            .unwrap(),
+    )
 }
 
 impl Fixture {
@@ -46,9 +27,9 @@ impl Fixture {
             .arg("resolve")
             .args(args)
             .arg("--root-hints")
-            .arg(&self.hints)
+            .arg(&self.0.hints)
             .arg("--authority-port")
-            .arg(self.hierarchy.port().to_string())
+            .arg(self.0.hierarchy.port().to_string())
             .timeout(std::time::Duration::from_secs(20));
         command
     }
@@ -106,7 +87,7 @@ fn json_is_machine_readable() {
 #[test]
 fn trace_names_each_server_and_what_it_said() {
     let fixture = fixture();
-    let port = fixture.hierarchy.port();
+    let port = fixture.0.hierarchy.port();
     fixture
         .resolve(&["www.example.test", "A", "--allow-loopback", "--trace"])
         .assert()
@@ -142,7 +123,7 @@ fn servfail_exits_one_with_the_reason() {
         .stdout(predicate::str::is_empty())
         .stderr(predicate::str::contains("failed (SERVFAIL)"))
         .stderr(predicate::str::contains("refused by policy"));
-    assert_eq!(fixture.hierarchy.total_queries(), 0);
+    assert_eq!(fixture.0.hierarchy.total_queries(), 0);
 }
 
 #[test]
@@ -179,6 +160,7 @@ fn trace_shows_the_steps_before_a_failure() {
     let fixture = fixture();
     // Nothing serves example.test. at 127.0.0.4 once the leaf server misbehaves: it refuses.
     fixture
+        .0
         .hierarchy
         .server("ns1.example.test.")
         .set_behaviour(edgekit_testkit::dns::Behaviour {

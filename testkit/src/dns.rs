@@ -8,6 +8,6 @@ mod server;
 mod zone;
 
 pub use fixture::example_test_hierarchy;
-pub use hierarchy::{DnsHierarchy, HierarchyBuilder};
+pub use hierarchy::{DnsHierarchy, HierarchyBuilder, HintedHierarchy};
 pub use server::{AuthServer, Behaviour, LoggedQuery};
 pub use zone::Zone;

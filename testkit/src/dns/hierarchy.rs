@@ -1,7 +1,7 @@
 //! A whole DNS tree on loopback: several authoritative servers on distinct 127.0.0.x
 //! addresses sharing one port, chosen at random per hierarchy so tests can run in parallel.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf};
 
 use hickory_proto::rr::Name;
 
@@ -47,6 +47,27 @@ impl HierarchyBuilder {
                 .collect(),
         });
         self
+    }
+
+    /// Start on a runtime of its own (one worker thread) and write a root hints file naming
+    /// the root servers into a fresh temporary directory: for tests that run `edgekit` as a
+    /// child process and wait on it from a plain thread while the servers answer.
+    pub fn start_with_hints(self) -> Result<HintedHierarchy, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|err| err.to_string())?;
+        let hierarchy = runtime.block_on(self.start())?;
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let hints = dir.path().join("test.root");
+        std::fs::write(&hints, hierarchy.root_hints()).map_err(|err| err.to_string())?;
+        Ok(HintedHierarchy {
+            hierarchy,
+            hints,
+            dir,
+            _runtime: runtime,
+        })
     }
 
     /// Parse the zones and start every server on one random port (retrying a few ports if one
@@ -102,6 +123,18 @@ impl HierarchyBuilder {
         }
         Err(format!("could not start the hierarchy: {last_error}"))
     }
+}
+
+/// A running hierarchy on a runtime of its own, with a root hints file for it.
+#[derive(Debug)]
+pub struct HintedHierarchy {
+    /// The servers. Declared before the runtime, so they are dropped while it still runs.
+    pub hierarchy: DnsHierarchy,
+    /// The root hints file, for `--root-hints`.
+    pub hints: PathBuf,
+    /// The directory holding `hints`; a test may put its own files there.
+    pub dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl DnsHierarchy {
