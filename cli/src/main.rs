@@ -39,8 +39,9 @@ fn main() -> ExitCode {
 /// server grows its heap by a few of those while it answers its first misses, and on a virtual
 /// machine whose memory the host backs lazily one such fault stalled a worker thread for 6 to
 /// 20 ms, with every question it held waiting. Without huge pages only the memory touched is
-/// zeroed, 4 KiB at a time: a cold batch's p99 fell from about 5 ms to 1.6 ms, and cached
-/// throughput did not move (docs/benchmarks.md, session 9). Redis advises the same for its
+/// zeroed, 4 KiB at a time: a cold 1350-question batch's p99 fell from about 5.5 ms to 1.6 ms
+/// and its time relative to Unbound's by 0.1-0.2, while cached throughput did not move
+/// (docs/benchmarks.md, session 9). Redis advises the same for its
 /// latency. Setting `MIMALLOC_ALLOW_THP` (mimalloc's own switch) leaves the choice to the
 /// operator.
 fn disable_transparent_huge_pages() {
