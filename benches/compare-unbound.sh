@@ -241,7 +241,8 @@ rss_kib() {
 context_switches() {
     cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
 }
-# Voluntary context switches only: how often a server's threads went to sleep for want of work.
+# Voluntary context switches only: how often a server's threads gave up the CPU to wait, for a
+# datagram mostly, but a lock or futex wait counts too.
 sleeps() {
     cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
 }
@@ -365,11 +366,12 @@ measure() {
         runtime=$(json_field '["elapsed_seconds"]' <"$work/bench.json")
     fi
     thread_cpu_ns "${server_pid[$server]}" >"$work/cpu-after"
-    # How often the server ran out of queries and slept, per 1000 answered: each sleep ends in a
-    # wake-up (an inter-processor interrupt on a VM), which a generator that keeps the server's
-    # socket fed never causes (docs/benchmarks.md, session 9).
-    run_sleeps=$(awk -v a="$sleeps_before" -v b="$(sleeps "${server_pid[$server]}")" -v q="$run_qps" -v t="$runtime" \
-        'BEGIN {printf "%.1f", (q * t > 0) ? (b - a) / (q * t) * 1000 : 0}')
+    # How often the server waited, per 1000 answered queries: each wait ends in a wake-up (an
+    # inter-processor interrupt on a VM), which a generator that keeps the server's socket fed
+    # rarely causes (docs/benchmarks.md, session 9). Counted over the generator's whole process,
+    # start-up and exit included, so slightly high for both generators alike.
+    run_sleeps=$(awk -v a="$sleeps_before" -v b="$(sleeps "${server_pid[$server]}")" -v q="${run_qps:-0}" -v t="${runtime:-0}" \
+        'BEGIN {if (q * t > 0) printf "%.1f", (b - a) / (q * t) * 1000; else print "n/a"}')
     run_syscalls=""
     if [[ -n $counter ]]; then
         kill -INT "$counter"; wait "$counter" 2>/dev/null || true

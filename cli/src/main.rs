@@ -41,15 +41,16 @@ fn main() -> ExitCode {
 /// 20 ms, with every question it held waiting. Without huge pages only the memory touched is
 /// zeroed, 4 KiB at a time: a cold 1350-question batch's p99 fell from about 5.5 ms to 1.6 ms
 /// and its time relative to Unbound's by 0.1-0.2, while cached throughput did not move
-/// (docs/benchmarks.md, session 9). Redis advises the same for its
-/// latency. Setting `MIMALLOC_ALLOW_THP` (mimalloc's own switch) leaves the choice to the
-/// operator.
+/// (docs/benchmarks.md, session 9). Redis advises the same for its latency. Setting
+/// `MIMALLOC_ALLOW_THP` (mimalloc's own switch) leaves the choice to the operator.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // The kernel reads each argument as an unsigned long and rejects non-zero extras.
+        let (on, unused) = (1 as libc::c_ulong, 0 as libc::c_ulong);
         // SAFETY: PR_SET_THP_DISABLE takes only integer arguments and touches no memory of ours;
         // it sets a flag on this process's address space, which its children inherit. A kernel
         // without it returns an error and keeps its default, which costs only latency.
-        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) };
     }
 }

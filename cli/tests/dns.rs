@@ -47,6 +47,8 @@ fn start_server(authority_port: u16, hints: &Path, extra_args: &[&str]) -> Runni
         .arg(hints)
         .args(extra_args)
         .env("EDGEKIT_AUTHORITY_PORT", authority_port.to_string())
+        // The test asserts the binary's own default for huge pages, which this would override.
+        .env_remove("MIMALLOC_ALLOW_THP")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

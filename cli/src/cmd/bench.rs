@@ -68,13 +68,13 @@ pub(crate) struct BenchDnsArgs {
     /// Write every answered query as CSV, in the order sent: when it was sent (microseconds
     /// after the start), its latency (microseconds), rcode, name and type. A stall in the
     /// server shows as a run of slow answers sent together. Keeps at most 4 million answers
-    /// (about 160 MiB while running).
+    /// (about 160 MiB while running, briefly up to twice that while they are gathered).
     #[arg(long, value_name = "FILE")]
     pub(crate) query_log: Option<PathBuf>,
 }
 
-/// Most answers `--query-log` keeps: about 160 MiB while running. An hour at 200k qps would
-/// otherwise be 720 million of them.
+/// Most answers `--query-log` keeps: about 160 MiB while running, up to twice that while the
+/// workers' logs are gathered. An hour at 200k qps would otherwise be 720 million of them.
 const QUERY_LOG_LIMIT: usize = 4_000_000;
 
 pub(crate) fn run(command: BenchCommand, _global: &GlobalOpts) -> anyhow::Result<()> {
@@ -108,6 +108,16 @@ fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
         config.answer_log_limit = QUERY_LOG_LIMIT;
     }
     config.validate()?;
+
+    // Created before the run, so a bad path fails now and not after a long run.
+    let query_log = args
+        .query_log
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write the query log to {}", path.display()))
+        })
+        .transpose()?;
 
     let live = bench::LiveStats::default();
     let progress = progress_bar(stop, !args.json && std::io::stderr().is_terminal());
@@ -143,8 +153,8 @@ fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
         std::fs::write(path, bench::latency_svg(&report))
             .with_context(|| format!("cannot write the chart to {}", path.display()))?;
     }
-    if let Some(path) = &args.query_log {
-        write_query_log(path, &report, &queries)
+    if let (Some(path), Some(file)) = (&args.query_log, query_log) {
+        write_query_log(file, &report, &queries)
             .with_context(|| format!("cannot write the query log to {}", path.display()))?;
         if report.answered_queries_not_kept > 0 {
             tracing::warn!(
@@ -170,11 +180,11 @@ fn bench_dns(args: &BenchDnsArgs) -> anyhow::Result<()> {
 
 /// `--query-log`: one CSV line per answered query, in send order.
 fn write_query_log(
-    path: &std::path::Path,
+    file: std::fs::File,
     report: &bench::Report,
     queries: &[bench::BenchQuery],
 ) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut out = std::io::BufWriter::new(file);
     writeln!(out, "sent_us,latency_us,rcode,name,type")?;
     for answer in &report.answered_queries {
         let (name, record_type) = queries

@@ -99,7 +99,8 @@ pub struct BenchConfig {
     /// Keep up to this many answered queries' send times, latencies and rcodes in
     /// [`Report::answered_queries`] (about 40 bytes each; 0, the default, keeps none). For
     /// finding where in a run the time went: a stall shows as a run of slow answers sent
-    /// together. Each socket keeps the first `answer_log_limit / sockets` answers it saw.
+    /// together. The limit is split over the sockets like the load; each keeps the first
+    /// answers it saw.
     pub answer_log_limit: usize,
 }
 
@@ -255,7 +256,11 @@ pub fn run(
             .map(|index| {
                 let shared = &shared;
                 let share = share_of(config.load, index, sockets);
-                scope.spawn(move || worker::run(shared, share))
+                // The answer log split like the load: an equal share each, the remainder to
+                // the first workers.
+                let log_limit = config.answer_log_limit / sockets
+                    + usize::from(index < config.answer_log_limit % sockets);
+                scope.spawn(move || worker::run(shared, share, log_limit))
             })
             .collect();
         handles
@@ -270,7 +275,7 @@ pub fn run(
     let end = Instant::now();
     let mut total = WorkerStats::new();
     for result in results {
-        total.merge(&result?);
+        total.merge(result?);
     }
     // Every worker passed the barrier and fixed the start; `end` stands in should none have.
     let start = shared.started.get().copied().unwrap_or(end);

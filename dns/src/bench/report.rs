@@ -132,7 +132,7 @@ impl Report {
         };
         let mut answered_queries: Vec<AnsweredQuery> = stats
             .answers
-            .iter()
+            .into_iter()
             .map(|answer| AnsweredQuery {
                 sent_micros: u64::try_from(answer.sent_at.duration_since(start).as_micros())
                     .unwrap_or(u64::MAX),

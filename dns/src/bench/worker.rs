@@ -176,7 +176,7 @@ impl WorkerStats {
         }
     }
 
-    pub(super) fn merge(&mut self, other: &Self) {
+    pub(super) fn merge(&mut self, mut other: Self) {
         self.sent += other.sent;
         self.answered += other.answered;
         self.lost += other.lost;
@@ -187,7 +187,8 @@ impl WorkerStats {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency_micros.add(&other.latency_micros);
         self.last_answer = self.last_answer.max(other.last_answer);
-        self.answers.extend_from_slice(&other.answers);
+        // Moved, not copied: the logs may hold millions of answers.
+        self.answers.append(&mut other.answers);
         self.answers_not_logged += other.answers_not_logged;
     }
 }
@@ -215,7 +216,7 @@ struct Outstanding {
 impl Outstanding {
     fn new() -> Self {
         let mut by_id = vec![None; usize::from(u16::MAX) + 1];
-        // Written through once more, so every page of the table (1.5 MiB) is faulted in now,
+        // Written through once more, so every page of the table (2 MiB) is faulted in now,
         // before the clock starts, whatever bytes `None` happens to be.
         std::hint::black_box(&mut by_id).fill(None);
         Self {
@@ -523,7 +524,14 @@ fn is_disconnect(err: &io::Error) -> bool {
 /// memory (about 2 MiB: the ID table, the reply buffers, the histogram) used to fall inside it,
 /// and made a 1350-question cold batch read 7-15 ms (10-20%) longer than the queries took
 /// (docs/benchmarks.md, session 8).
-pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, BenchError> {
+///
+/// `answer_log_limit` is this worker's share of [`super::BenchConfig::answer_log_limit`]: it
+/// keeps the first that many answers it sees.
+pub(super) fn run(
+    shared: &Shared<'_>,
+    share: Share,
+    answer_log_limit: usize,
+) -> Result<WorkerStats, BenchError> {
     let config = shared.config;
     let tick = match share {
         Share::Window(_) => CLOSED_LOOP_TICK,
@@ -535,17 +543,15 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
     let mut stats = WorkerStats::new();
     // Clearing writes every count, so the histogram's pages (about 150 KiB) are faulted in now.
     std::hint::black_box(&mut stats.latency_micros).reset();
-    // Each worker keeps an equal share of the log: the first answers it saw.
-    let answer_log_limit = config.answer_log_limit / config.sockets.max(1);
     if answer_log_limit > 0 {
-        // Room for this worker's share of a --count run up front, so the log's growth does not
-        // land inside the measured time; a --duration run grows it as it goes.
-        if let super::Stop::Count(count) = config.stop {
-            let share = count / config.sockets.max(1) as u64 + 1;
-            stats
-                .answers
-                .reserve(usize::try_from(share).unwrap_or(0).min(answer_log_limit));
-        }
+        // Address space for as many answers as this worker could keep, so the log is never
+        // copied to a larger buffer mid-run (how a run spreads over the workers is not known in
+        // advance). Only the pages the answers fill get memory, as they arrive.
+        let most = match config.stop {
+            super::Stop::Count(count) => usize::try_from(count).unwrap_or(usize::MAX),
+            super::Stop::Duration(_) => usize::MAX,
+        };
+        stats.answers.reserve(most.min(answer_log_limit));
     }
     let mut outstanding = Outstanding::new();
     let mut query_buffer = Vec::with_capacity(512);
@@ -663,7 +669,7 @@ pub(super) fn run(shared: &Shared<'_>, share: Share) -> Result<WorkerStats, Benc
                                     rcode,
                                     query: pending.query,
                                 });
-                            } else if config.answer_log_limit > 0 {
+                            } else if answer_log_limit > 0 {
                                 stats.answers_not_logged += 1;
                             }
                             stats.answered += 1;
