@@ -14,36 +14,17 @@ use common::{
 };
 use edgekit_testkit::{TestCa, TlsFiles, dns::example_test_hierarchy};
 
-/// The in-process hierarchy (root, `test.`, `example.test.`) and its hints file in `dir`.
-fn hierarchy(
-    runtime: &tokio::runtime::Runtime,
-    dir: &Path,
-) -> (edgekit_testkit::dns::DnsHierarchy, std::path::PathBuf) {
-    let hierarchy = runtime
-        .block_on(example_test_hierarchy("").start())
-        .expect("the hierarchy starts");
-    let hints = dir.join("test.root");
-    std::fs::write(&hints, hierarchy.root_hints()).unwrap();
-    (hierarchy, hints)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 #[test]
 fn one_node_answers_dns_kv_counters_and_admin_then_exits_0_on_sigterm() {
-    let runtime = runtime();
+    let authorities = example_test_hierarchy("")
+        .start_with_hints()
+        .expect("the hierarchy starts");
+    let (hierarchy, hints) = (&authorities.hierarchy, &authorities.hints);
     let dir = tempfile::tempdir().unwrap();
-    let (hierarchy, hints) = hierarchy(&runtime, dir.path());
     let config_path = dir.path().join("node.toml");
     let config = format!(
         "{}{}",
@@ -52,7 +33,7 @@ fn one_node_answers_dns_kv_counters_and_admin_then_exits_0_on_sigterm() {
             "",
             "repl_listen = \"127.0.0.1:0\"\n"
         ),
-        dns_section(&hints, hierarchy.port())
+        dns_section(hints, hierarchy.port())
     );
     std::fs::write(&config_path, &config).unwrap();
     let mut node = NodeProcess::start(dir.path(), &["--config", config_path.to_str().unwrap()]);
