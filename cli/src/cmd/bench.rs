@@ -68,12 +68,12 @@ pub(crate) struct BenchDnsArgs {
     /// Write every answered query as CSV, in the order sent: when it was sent (microseconds
     /// after the start), its latency (microseconds), rcode, name and type. A stall in the
     /// server shows as a run of slow answers sent together. Keeps at most 4 million answers
-    /// (about 160 MiB while running, briefly up to twice that while they are gathered).
+    /// (128 MiB while running, briefly up to twice that while they are gathered).
     #[arg(long, value_name = "FILE")]
     pub(crate) query_log: Option<PathBuf>,
 }
 
-/// Most answers `--query-log` keeps: about 160 MiB while running, up to twice that while the
+/// Most answers `--query-log` keeps: 128 MiB while running, up to twice that while the
 /// workers' logs are gathered. An hour at 200k qps would otherwise be 720 million of them.
 const QUERY_LOG_LIMIT: usize = 4_000_000;
 

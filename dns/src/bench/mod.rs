@@ -97,7 +97,7 @@ pub struct BenchConfig {
     /// load, so two generators agree on such a server only with the same setting.
     pub receive_batch: usize,
     /// Keep up to this many answered queries' send times, latencies and rcodes in
-    /// [`Report::answered_queries`] (about 40 bytes each; 0, the default, keeps none). For
+    /// [`Report::answered_queries`] (32 bytes each; 0, the default, keeps none). For
     /// finding where in a run the time went: a stall shows as a run of slow answers sent
     /// together. The limit is split over the sockets like the load; each keeps the first
     /// answers it saw.

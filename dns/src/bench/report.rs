@@ -130,17 +130,7 @@ impl Report {
                 max: millis(histogram.max()),
             }
         };
-        let mut answered_queries: Vec<AnsweredQuery> = stats
-            .answers
-            .into_iter()
-            .map(|answer| AnsweredQuery {
-                sent_micros: u64::try_from(answer.sent_at.duration_since(start).as_micros())
-                    .unwrap_or(u64::MAX),
-                latency_micros: answer.latency_micros,
-                rcode: answer.rcode,
-                query: answer.query,
-            })
-            .collect();
+        let mut answered_queries = stats.answers;
         answered_queries.sort_by_key(|answer| answer.sent_micros);
         let (concurrency, rate) = match config.load {
             Load::Concurrency(window) => (Some(window), None),

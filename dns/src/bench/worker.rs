@@ -14,7 +14,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 
-use super::{BenchConfig, BenchError, BenchQuery, LiveStats, Transport};
+use super::{AnsweredQuery, BenchConfig, BenchError, BenchQuery, LiveStats, Transport};
 
 /// How long a blocking receive waits before the loop looks at the clock again. Short enough that
 /// timeouts and paced sends stay accurate; long enough not to spin.
@@ -144,19 +144,10 @@ pub(super) struct WorkerStats {
     pub(super) rcodes: [u64; 16],
     pub(super) latency_micros: Histogram<u64>,
     pub(super) last_answer: Option<Instant>,
-    /// Every answered query, when the config asks for them.
-    pub(super) answers: Vec<Answer>,
+    /// The answered queries kept for the report's log, in the order answered.
+    pub(super) answers: Vec<AnsweredQuery>,
     /// Answers not kept because the log was full.
     pub(super) answers_not_logged: u64,
-}
-
-/// One answered query, as a worker saw it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Answer {
-    pub(super) sent_at: Instant,
-    pub(super) latency_micros: u64,
-    pub(super) rcode: u8,
-    pub(super) query: usize,
 }
 
 impl WorkerStats {
@@ -663,8 +654,9 @@ pub(super) fn run(
                             let rcode = message[3] & 0x0F;
                             stats.rcodes[usize::from(rcode)] += 1;
                             if stats.answers.len() < answer_log_limit {
-                                stats.answers.push(Answer {
-                                    sent_at: pending.sent_at,
+                                let sent = pending.sent_at.duration_since(start).as_micros();
+                                stats.answers.push(AnsweredQuery {
+                                    sent_micros: u64::try_from(sent).unwrap_or(u64::MAX),
                                     latency_micros: micros,
                                     rcode,
                                     query: pending.query,
