@@ -236,15 +236,13 @@ authority_cpu_ns() {
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0
 }
-# Context switches (voluntary + involuntary) over all of a server's threads: each hand-off of a
-# question between threads, and each wait for a reply, is one.
-context_switches() {
-    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
-}
-# Voluntary context switches only: how often a server's threads gave up the CPU to wait, for a
-# datagram mostly, but a lock or futex wait counts too.
-sleeps() {
-    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {t += $2} END {print t + 0}'
+# Context switches over all of a server's threads: voluntary + involuntary (each hand-off of a
+# question between threads, and each wait for a reply, is one), or with `voluntary` only the
+# times a thread gave up the CPU to wait (for a datagram mostly; a lock or futex wait counts too).
+context_switches() { # pid [voluntary]
+    local kinds='^(non)?voluntary_ctxt_switches'
+    [[ ${2:-} == voluntary ]] && kinds='^voluntary_ctxt_switches'
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk -v kinds="$kinds" '$0 ~ kinds {t += $2} END {print t + 0}'
 }
 # cold NAME ADDR: the query file once each, 16 outstanding. Records the batch time (first send
 # to last reply, from the generator's report: the figure compared), the process wall time
@@ -339,7 +337,7 @@ measure() {
     shift 3
     thread_cpu_ns "${server_pid[$server]}" >"$work/cpu-before"
     local sleeps_before
-    sleeps_before=$(sleeps "${server_pid[$server]}")
+    sleeps_before=$(context_switches "${server_pid[$server]}" voluntary)
     local counter=""
     if [[ $SYSCALLS == 1 ]]; then
         perf stat -x, -o "$work/syscalls" -p "${server_pid[$server]}" \
@@ -370,7 +368,7 @@ measure() {
     # inter-processor interrupt on a VM), which a generator that keeps the server's socket fed
     # rarely causes (docs/benchmarks.md, session 9). Counted over the generator's whole process,
     # start-up and exit included, so slightly high for both generators alike.
-    run_sleeps=$(awk -v a="$sleeps_before" -v b="$(sleeps "${server_pid[$server]}")" -v q="${run_qps:-0}" -v t="${runtime:-0}" \
+    run_sleeps=$(awk -v a="$sleeps_before" -v b="$(context_switches "${server_pid[$server]}" voluntary)" -v q="${run_qps:-0}" -v t="${runtime:-0}" \
         'BEGIN {if (q * t > 0) printf "%.1f", (b - a) / (q * t) * 1000; else print "n/a"}')
     run_syscalls=""
     if [[ -n $counter ]]; then
