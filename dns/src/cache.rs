@@ -5,10 +5,14 @@
 //! the question, holding wire bytes) can sit in front of it: it only needs [`Cache::lookup`]'s
 //! results and their remaining TTLs, never this module's internals.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+};
 
+use crossbeam_utils::CachePadded;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rand::seq::IteratorRandom;
 
 use crate::{clock::Clock, name_hash::NameHashState};
@@ -55,14 +59,26 @@ enum Value {
 }
 
 /// A bounded cache shared by every resolution.
+///
+/// Split into shards by owner name, each behind its own lock, as Unbound splits its caches
+/// into slabs: with one lock, a server thread preempted while holding it (by an authority or a
+/// client on the same core) stalled every other thread's resolutions until it ran again, and on
+/// a cold cache, where every question reads and writes it several times, the other threads
+/// spun and slept on it (docs/benchmarks.md, session 10). Every record of one name, and the
+/// name's negative entries and learned cut, live in the same shard, so each operation below
+/// locks one shard at a time.
 #[derive(Debug)]
 pub struct Cache {
-    inner: Mutex<Inner>,
+    shards: Box<[CachePadded<Mutex<Inner>>]>,
     clock: Clock,
-    max_entries: usize,
+    /// The bound on each shard's entries; the shards together hold at most `max_entries`.
+    max_entries_per_shard: usize,
     max_ttl: u32,
     negative_max_ttl: u32,
 }
+
+/// Shards at most: enough that two to a few dozen threads rarely meet on one.
+const MAX_SHARDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -97,22 +113,64 @@ fn with_remaining_ttl(mut record: Record, expires_at: u64, now: u64) -> Record {
     record
 }
 
+/// Which shard holds `name`'s entries: a hash of its lowercased bytes (hickory's `Hash for
+/// Name` lowercases), so every spelling of a name finds the same shard. Not keyed: a client who
+/// steers names onto one shard only brings back the single lock this replaced, and the maps
+/// inside keep their keyed hash.
+fn shard_of(name: &Name, shard_count: usize) -> usize {
+    let mut hasher = ShardHasher(0);
+    name.hash(&mut hasher);
+    // The top bits are the best mixed.
+    (hasher.0 >> 32) as usize & (shard_count - 1)
+}
+
+/// A multiply-rotate hash over the bytes written, one step per byte.
+struct ShardHasher(u64);
+
+impl Hasher for ShardHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&byte| self.write_u8(byte));
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 impl Cache {
     /// An empty cache of at most `max_entries` entries. TTLs are capped at `max_ttl`, negative
     /// TTLs at `negative_max_ttl`.
     pub fn new(clock: Clock, max_entries: usize, max_ttl: u32, negative_max_ttl: u32) -> Self {
+        let max_entries = max_entries.max(1);
+        // A power of two no larger than the bound, so every shard may hold at least one entry
+        // and the shards' bounds add up to no more than `max_entries`.
+        let shard_count = if max_entries >= MAX_SHARDS {
+            MAX_SHARDS
+        } else {
+            1 << max_entries.ilog2()
+        };
         Self {
-            inner: Mutex::new(Inner::default()),
+            shards: (0..shard_count)
+                .map(|_| CachePadded::new(Mutex::new(Inner::default())))
+                .collect(),
             clock,
-            max_entries: max_entries.max(1),
+            max_entries_per_shard: max_entries / shard_count,
             max_ttl,
             negative_max_ttl,
         }
     }
 
+    fn shard(&self, name: &Name) -> MutexGuard<'_, Inner> {
+        self.shards[shard_of(name, self.shards.len())].lock()
+    }
+
     /// Entries held (RRsets and negative entries), expired ones included until evicted.
     pub fn len(&self) -> usize {
-        self.inner.lock().len()
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 
     /// True when nothing is cached.
@@ -124,21 +182,21 @@ impl Cache {
     /// entries. Glue and referral NS sets are not answers to give a client.
     pub fn lookup(&self, name: &Name, record_type: RecordType) -> Option<CacheAnswer> {
         let now = self.clock.now_secs();
-        let inner = self.inner.lock();
         // RFC 8020: an NXDOMAIN at the name or any ancestor means nothing exists below it.
         let mut ancestor = name.to_lowercase();
         loop {
-            if let Some(entry) = inner
+            let nxdomain = self
+                .shard(&ancestor)
                 .nxdomains
                 .get(&ancestor)
                 .filter(|e| e.expires_at > now)
-            {
-                let soa = match &entry.value {
-                    Value::NoData { soa } => soa.clone().map(|soa| *soa),
-                    Value::Rrset { .. } => None,
-                };
+                .map(|entry| match &entry.value {
+                    Value::NoData { soa } => (soa.clone(), entry.expires_at),
+                    Value::Rrset { .. } => (None, entry.expires_at),
+                });
+            if let Some((soa, expires_at)) = nxdomain {
                 return Some(CacheAnswer::NxDomain(
-                    soa.map(|soa| with_remaining_ttl(soa, entry.expires_at, now)),
+                    soa.map(|soa| with_remaining_ttl(*soa, expires_at, now)),
                 ));
             }
             if ancestor.is_root() {
@@ -146,6 +204,7 @@ impl Cache {
             }
             ancestor = ancestor.base_name();
         }
+        let inner = self.shard(name);
         let live = |record_type| {
             inner
                 .entries
@@ -187,10 +246,11 @@ impl Cache {
     /// of servers during iteration).
     pub fn rrset(&self, name: &Name, record_type: RecordType) -> Option<Vec<Record>> {
         let now = self.clock.now_secs();
-        let inner = self.inner.lock();
+        let key = key(name, record_type);
+        let inner = self.shard(name);
         let entry = inner
             .entries
-            .get(&key(name, record_type))
+            .get(&key)
             .filter(|entry| entry.expires_at > now)?;
         match &entry.value {
             Value::Rrset { records, .. } => Some(
@@ -209,8 +269,7 @@ impl Cache {
         let now = self.clock.now_secs();
         loop {
             let learned = self
-                .inner
-                .lock()
+                .shard(&zone)
                 .learned_cuts
                 .get(&zone)
                 .filter(|cut| cut.expires_at > now)
@@ -247,12 +306,13 @@ impl Cache {
             return;
         }
         let expires_at = self.clock.now_secs() + u64::from(ttl);
-        let mut inner = self.inner.lock();
-        if inner.learned_cuts.len() >= MAX_LEARNED_CUTS {
+        let zone = zone.to_lowercase();
+        let mut inner = self.shard(&zone);
+        if inner.learned_cuts.len() >= MAX_LEARNED_CUTS / self.shards.len() {
             inner.learned_cuts.clear();
         }
         inner.learned_cuts.insert(
-            zone.to_lowercase(),
+            zone,
             LearnedCut {
                 servers: servers.to_vec(),
                 expires_at,
@@ -277,7 +337,7 @@ impl Cache {
         }
         let now = self.clock.now_secs();
         let key = key(&first.name, first.record_type());
-        let mut inner = self.inner.lock();
+        let mut inner = self.shard(&key.0);
         if let Some(existing) = inner.entries.get(&key)
             && existing.expires_at > now
             && let Value::Rrset { rank: old, .. } = existing.value
@@ -302,10 +362,11 @@ impl Cache {
             return;
         }
         let now = self.clock.now_secs();
-        let mut inner = self.inner.lock();
+        let name = name.to_lowercase();
+        let mut inner = self.shard(&name);
         self.make_room(&mut inner, now);
         inner.nxdomains.insert(
-            name.to_lowercase(),
+            name,
             Entry {
                 value: Value::NoData {
                     soa: soa.map(Box::new),
@@ -322,10 +383,11 @@ impl Cache {
             return;
         }
         let now = self.clock.now_secs();
-        let mut inner = self.inner.lock();
+        let key = key(name, record_type);
+        let mut inner = self.shard(name);
         self.make_room(&mut inner, now);
         inner.entries.insert(
-            key(name, record_type),
+            key,
             Entry {
                 value: Value::NoData {
                     soa: soa.map(Box::new),
@@ -344,15 +406,15 @@ impl Cache {
         }
     }
 
-    /// Keep the cache under its bound: drop expired entries first; if none, drop the entry
+    /// Keep a shard under its bound: drop expired entries first; if none, drop the entry
     /// closest to expiry among a random sample (cheap approximate eviction, no global LRU list).
     fn make_room(&self, inner: &mut Inner, now: u64) {
-        if inner.len() < self.max_entries {
+        if inner.len() < self.max_entries_per_shard {
             return;
         }
         inner.entries.retain(|_, entry| entry.expires_at > now);
         inner.nxdomains.retain(|_, entry| entry.expires_at > now);
-        while inner.len() >= self.max_entries {
+        while inner.len() >= self.max_entries_per_shard {
             let mut rng = rand::rng();
             let victim = inner
                 .entries
@@ -467,5 +529,41 @@ mod tests {
         }
         assert!(cache.len() <= 50, "{}", cache.len());
         assert!(cache.lookup(&name("n499.test."), RecordType::A).is_some());
+    }
+
+    #[test]
+    fn the_shards_together_stay_within_any_bound() {
+        for max_entries in [1, 2, 3, 7, 15, 16, 17, 33, 100] {
+            let cache = Cache::new(Clock::manual(0), max_entries, 86_400, 3_600);
+            for i in 0..300 {
+                cache.insert_rrset(vec![a(&format!("n{i}.test."), 300)], Rank::Answer);
+                cache.insert_nxdomain(&name(&format!("gone{i}.test.")), Some(soa(300, 300)));
+            }
+            assert!(
+                (1..=max_entries).contains(&cache.len()),
+                "{} entries with a bound of {max_entries}",
+                cache.len()
+            );
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_name_finds_its_shard() {
+        let cache = Cache::new(Clock::manual(0), 10_000, 86_400, 3_600);
+        for i in 0..200 {
+            cache.insert_rrset(vec![a(&format!("Host{i}.Test."), 300)], Rank::Answer);
+            cache.insert_nxdomain(&name(&format!("GONE{i}.test.")), Some(soa(300, 300)));
+        }
+        for i in 0..200 {
+            assert!(
+                cache
+                    .rrset(&name(&format!("hOST{i}.tEST.")), RecordType::A)
+                    .is_some()
+            );
+            assert!(matches!(
+                cache.lookup(&name(&format!("a.gone{i}.TEST.")), RecordType::A),
+                Some(CacheAnswer::NxDomain(_))
+            ));
+        }
     }
 }
