@@ -310,8 +310,12 @@ impl Resolver {
             let config = &self.inner.config;
             let mut answers: Vec<Record> = Vec::new();
             let mut current = name;
-            let mut seen: HashSet<Name> = HashSet::from([current.to_lowercase()]);
+            // Filled at the first alias only: most questions have none, and this runs per miss.
+            let mut seen: HashSet<Name> = HashSet::new();
             let mut follow = |current: &mut Name, target: Name| {
+                if seen.is_empty() {
+                    seen.insert(current.to_lowercase());
+                }
                 if seen.len() > usize::from(config.max_cname_chain)
                     || !seen.insert(target.to_lowercase())
                 {
@@ -598,8 +602,10 @@ impl Resolver {
         work: &mut Work,
     ) -> Result<Reply, ResolveError> {
         let config = &self.inner.config;
-        let mut tried: HashSet<IpAddr> = HashSet::new();
-        let mut looked_up: HashSet<Name> = HashSet::new();
+        // A handful at most (bounded by the zone's servers): a Vec searched in place costs less
+        // than a hashed set, and nothing until the first push.
+        let mut tried: Vec<IpAddr> = Vec::new();
+        let mut looked_up: Vec<Name> = Vec::new();
         let mut refused_counted = false;
         let mut failures: Vec<String> = Vec::new();
         loop {
@@ -636,7 +642,7 @@ impl Resolver {
                         },
                     ));
                 };
-                looked_up.insert(ns.clone());
+                looked_up.push(ns.clone());
                 // IPv4 first when enabled; AAAA if that found nothing and IPv6 is on.
                 let address_types = [
                     (config.do_ip4, RecordType::A),
@@ -667,7 +673,7 @@ impl Resolver {
                 }
                 continue;
             };
-            tried.insert(ip);
+            tried.push(ip);
             if work.queries >= config.max_queries_per_resolution {
                 return Err(ResolveError::QueryBudgetExhausted {
                     limit: config.max_queries_per_resolution,

@@ -77,39 +77,31 @@ impl ServerSelection {
     pub(crate) fn choose(&self, candidates: &[IpAddr]) -> Option<IpAddr> {
         let now = Instant::now();
         let servers = self.servers.lock();
-        let scored: Vec<(IpAddr, f64, Option<Instant>)> = candidates
+        // No allocation: this runs once per upstream query.
+        let score = |ip: &IpAddr| match servers.get(ip) {
+            Some(state) => (
+                state.srtt_ms,
+                state.avoid_until.filter(|until| *until > now),
+            ),
+            None => (UNKNOWN_RTT_MS, None),
+        };
+        let best = candidates
             .iter()
-            .map(|ip| match servers.get(ip) {
-                Some(state) => (
-                    *ip,
-                    state.srtt_ms,
-                    state.avoid_until.filter(|until| *until > now),
-                ),
-                None => (*ip, UNKNOWN_RTT_MS, None),
-            })
-            .collect();
-        drop(servers);
-        let usable: Vec<&(IpAddr, f64, Option<Instant>)> = scored
-            .iter()
-            .filter(|(_, _, avoid)| avoid.is_none())
-            .collect();
-        if usable.is_empty() {
-            return scored
-                .iter()
-                .min_by_key(|(_, _, avoid)| *avoid)
-                .map(|(ip, _, _)| *ip);
-        }
-        let best = usable
-            .iter()
-            .map(|(_, rtt, _)| *rtt)
-            .fold(f64::INFINITY, f64::min);
-        let band: Vec<IpAddr> = usable
-            .iter()
-            .filter(|(_, rtt, _)| *rtt <= best + SELECTION_BAND_MS)
-            .map(|(ip, _, _)| *ip)
-            .collect();
-        let index = rand::rng().random_range(0..band.len());
-        band.get(index).copied()
+            .map(score)
+            .filter(|(_, avoid)| avoid.is_none())
+            .map(|(rtt, _)| rtt)
+            .reduce(f64::min);
+        let Some(best) = best else {
+            // Every candidate is in backoff: the one whose backoff ends first.
+            return candidates.iter().min_by_key(|ip| score(ip).1).copied();
+        };
+        let in_band = |ip: &&IpAddr| {
+            let (rtt, avoid) = score(ip);
+            avoid.is_none() && rtt <= best + SELECTION_BAND_MS
+        };
+        let band = candidates.iter().filter(in_band).count();
+        let index = rand::rng().random_range(0..band);
+        candidates.iter().filter(in_band).nth(index).copied()
     }
 
     /// How long to wait for `ip`'s reply: its smoothed RTT plus four RTT variations, at least
@@ -283,6 +275,42 @@ mod tests {
         }
         // When every candidate is backed off, one is still probed rather than giving up.
         assert_eq!(selection.choose(&[dead]), Some(dead));
+    }
+
+    #[test]
+    fn choice_is_random_within_the_band_of_the_fastest() {
+        let selection = ServerSelection::default();
+        let (fast, close, slow) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
+        selection.record_reply(fast, Duration::from_millis(5));
+        selection.record_reply(
+            close,
+            Duration::from_millis(5) + Duration::from_secs_f64(SELECTION_BAND_MS / 2000.0),
+        );
+        selection.record_reply(
+            slow,
+            Duration::from_millis(5) + Duration::from_secs_f64(SELECTION_BAND_MS * 2.0 / 1000.0),
+        );
+        let mut chosen = HashMap::new();
+        for _ in 0..200 {
+            let ip = selection.choose(&[slow, close, fast]).unwrap();
+            *chosen.entry(ip).or_insert(0) += 1;
+        }
+        assert!(chosen.get(&fast).is_some_and(|n| *n > 20), "{chosen:?}");
+        assert!(chosen.get(&close).is_some_and(|n| *n > 20), "{chosen:?}");
+        assert_eq!(chosen.get(&slow), None, "{chosen:?}");
+        assert_eq!(selection.choose(&[]), None);
+    }
+
+    #[test]
+    fn when_all_are_backed_off_the_first_to_recover_is_probed() {
+        let selection = ServerSelection::default();
+        let (twice, once) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        selection.record_failure(twice, Duration::from_millis(500));
+        selection.record_failure(twice, Duration::from_millis(500));
+        selection.record_failure(once, Duration::from_millis(500));
+        for _ in 0..20 {
+            assert_eq!(selection.choose(&[twice, once]), Some(once));
+        }
     }
 
     #[test]
