@@ -5,13 +5,10 @@
 //! the question, holding wire bytes) can sit in front of it: it only needs [`Cache::lookup`]'s
 //! results and their remaining TTLs, never this module's internals.
 
-use std::{
-    collections::HashMap,
-    hash::{Hash, Hasher},
-};
+use std::collections::{HashMap, hash_map};
 
 use crossbeam_utils::CachePadded;
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use parking_lot::{Mutex, MutexGuard};
 use rand::seq::IteratorRandom;
 
@@ -44,7 +41,11 @@ pub enum CacheAnswer {
     NoData(Option<Record>),
 }
 
-type Key = (Name, RecordType, DNSClass);
+/// Owner and type; the class is always IN. hickory's `LowerName` is lowercased once, when the
+/// key is made, and hashes a label per call and compares bytes as they are; a plain `Name`
+/// lowercases every byte in every hash and comparison, which made name hashing the largest
+/// item of a cold batch's instruction profile (docs/benchmarks.md, session 10).
+type Key = (LowerName, RecordType);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -83,9 +84,9 @@ const MAX_SHARDS: usize = 16;
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<Key, Entry, NameHashState>,
-    nxdomains: HashMap<Name, Entry, NameHashState>,
+    nxdomains: HashMap<LowerName, Entry, NameHashState>,
     /// Zone cuts learned without a referral (see [`Cache::insert_learned_cut`]).
-    learned_cuts: HashMap<Name, LearnedCut, NameHashState>,
+    learned_cuts: HashMap<LowerName, LearnedCut, NameHashState>,
 }
 
 /// A zone apex found from an authoritative SOA, and the servers that answered for it.
@@ -105,7 +106,7 @@ impl Inner {
 }
 
 fn key(name: &Name, record_type: RecordType) -> Key {
-    (name.to_lowercase(), record_type, DNSClass::IN)
+    (LowerName::new(name), record_type)
 }
 
 fn with_remaining_ttl(mut record: Record, expires_at: u64, now: u64) -> Record {
@@ -113,32 +114,28 @@ fn with_remaining_ttl(mut record: Record, expires_at: u64, now: u64) -> Record {
     record
 }
 
-/// Which shard holds `name`'s entries: a hash of its lowercased bytes (hickory's `Hash for
-/// Name` lowercases), so every spelling of a name finds the same shard. Not keyed: a client who
-/// steers names onto one shard only brings back the single lock this replaced, and the maps
-/// inside keep their keyed hash.
-fn shard_of(name: &Name, shard_count: usize) -> usize {
-    let mut hasher = ShardHasher(0);
-    name.hash(&mut hasher);
+/// Which shard holds `name`'s entries: an unkeyed hash of its (lowercased) labels, eight bytes
+/// a step. Not keyed: a client who steers names onto one shard only brings back the single
+/// lock this replaced, and the maps inside keep their keyed hash.
+fn shard_of(name: &LowerName, shard_count: usize) -> usize {
+    let mut hash: u64 = 0;
+    for label in name.iter() {
+        let mix = |hash: u64, word: u64| {
+            (hash.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        };
+        hash = mix(hash, label.len() as u64);
+        let mut words = label.chunks_exact(8);
+        for word in &mut words {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(word);
+            hash = mix(hash, u64::from_le_bytes(bytes));
+        }
+        let mut rest = [0; 8];
+        rest[..words.remainder().len()].copy_from_slice(words.remainder());
+        hash = mix(hash, u64::from_le_bytes(rest));
+    }
     // The top bits are the best mixed.
-    (hasher.0 >> 32) as usize & (shard_count - 1)
-}
-
-/// A multiply-rotate hash over the bytes written, one step per byte.
-struct ShardHasher(u64);
-
-impl Hasher for ShardHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        bytes.iter().for_each(|&byte| self.write_u8(byte));
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+    (hash >> 40) as usize & (shard_count - 1)
 }
 
 impl Cache {
@@ -164,7 +161,7 @@ impl Cache {
         }
     }
 
-    fn shard(&self, name: &Name) -> MutexGuard<'_, Inner> {
+    fn shard(&self, name: &LowerName) -> MutexGuard<'_, Inner> {
         self.shards[shard_of(name, self.shards.len())].lock()
     }
 
@@ -183,7 +180,7 @@ impl Cache {
     pub fn lookup(&self, name: &Name, record_type: RecordType) -> Option<CacheAnswer> {
         let now = self.clock.now_secs();
         // RFC 8020: an NXDOMAIN at the name or any ancestor means nothing exists below it.
-        let mut ancestor = name.to_lowercase();
+        let mut ancestor = LowerName::new(name);
         loop {
             let nxdomain = self
                 .shard(&ancestor)
@@ -204,12 +201,12 @@ impl Cache {
             }
             ancestor = ancestor.base_name();
         }
-        let inner = self.shard(name);
-        let live = |record_type| {
-            inner
-                .entries
-                .get(&key(name, record_type))
-                .filter(|entry| entry.expires_at > now)
+        let mut key = key(name, record_type);
+        let inner = self.shard(&key.0);
+        let entries = &inner.entries;
+        let mut live = |record_type| {
+            key.1 = record_type;
+            entries.get(&key).filter(|entry| entry.expires_at > now)
         };
         match live(record_type).map(|entry| (&entry.value, entry.expires_at)) {
             Some((Value::Rrset { records, rank }, expires_at)) if *rank == Rank::Answer => {
@@ -247,7 +244,7 @@ impl Cache {
     pub fn rrset(&self, name: &Name, record_type: RecordType) -> Option<Vec<Record>> {
         let now = self.clock.now_secs();
         let key = key(name, record_type);
-        let inner = self.shard(name);
+        let inner = self.shard(&key.0);
         let entry = inner
             .entries
             .get(&key)
@@ -265,7 +262,7 @@ impl Cache {
 
     /// The closest enclosing zone cut of `name` with a cached NS set, and the NS names.
     pub fn closest_cut(&self, name: &Name) -> Option<(Name, Vec<Name>)> {
-        let mut zone = name.to_lowercase();
+        let mut zone = LowerName::new(name);
         let now = self.clock.now_secs();
         loop {
             let learned = self
@@ -275,7 +272,7 @@ impl Cache {
                 .filter(|cut| cut.expires_at > now)
                 .map(|cut| cut.servers.clone());
             if let Some(servers) = learned {
-                return Some((zone, servers));
+                return Some((zone.into(), servers));
             }
             if let Some(records) = self.rrset(&zone, RecordType::NS) {
                 let servers: Vec<Name> = records
@@ -286,7 +283,7 @@ impl Cache {
                     })
                     .collect();
                 if !servers.is_empty() {
-                    return Some((zone, servers));
+                    return Some((zone.into(), servers));
                 }
             }
             if zone.is_root() {
@@ -306,7 +303,7 @@ impl Cache {
             return;
         }
         let expires_at = self.clock.now_secs() + u64::from(ttl);
-        let zone = zone.to_lowercase();
+        let zone = LowerName::new(zone);
         let mut inner = self.shard(&zone);
         if inner.learned_cuts.len() >= MAX_LEARNED_CUTS / self.shards.len() {
             inner.learned_cuts.clear();
@@ -338,21 +335,25 @@ impl Cache {
         let now = self.clock.now_secs();
         let key = key(&first.name, first.record_type());
         let mut inner = self.shard(&key.0);
-        if let Some(existing) = inner.entries.get(&key)
-            && existing.expires_at > now
-            && let Value::Rrset { rank: old, .. } = existing.value
-            && old > rank
-        {
-            return;
-        }
         self.make_room(&mut inner, now);
-        inner.entries.insert(
-            key,
-            Entry {
-                value: Value::Rrset { records, rank },
-                expires_at: now + u64::from(ttl),
-            },
-        );
+        let entry = Entry {
+            value: Value::Rrset { records, rank },
+            expires_at: now + u64::from(ttl),
+        };
+        // One hash of the key for the check and the write.
+        match inner.entries.entry(key) {
+            hash_map::Entry::Occupied(mut occupied) => {
+                let existing = occupied.get();
+                let outranked = existing.expires_at > now
+                    && matches!(existing.value, Value::Rrset { rank: old, .. } if old > rank);
+                if !outranked {
+                    occupied.insert(entry);
+                }
+            }
+            hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(entry);
+            }
+        }
     }
 
     /// Remember that `name` does not exist (and nothing below it does: RFC 8020).
@@ -362,7 +363,7 @@ impl Cache {
             return;
         }
         let now = self.clock.now_secs();
-        let name = name.to_lowercase();
+        let name = LowerName::new(name);
         let mut inner = self.shard(&name);
         self.make_room(&mut inner, now);
         inner.nxdomains.insert(
@@ -384,7 +385,7 @@ impl Cache {
         }
         let now = self.clock.now_secs();
         let key = key(name, record_type);
-        let mut inner = self.shard(name);
+        let mut inner = self.shard(&key.0);
         self.make_room(&mut inner, now);
         inner.entries.insert(
             key,

@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{LowerName, Name, RecordType};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Server, lowercased question name, type.
-type Key = (SocketAddr, Name, RecordType);
+type Key = (SocketAddr, LowerName, RecordType);
 
 /// What a waiting resolution gets: the reply, or why there is none.
 pub(crate) type SharedOutcome = Result<Exchange, String>;
@@ -48,7 +48,7 @@ impl InFlightExchanges {
         name: &Name,
         record_type: RecordType,
     ) -> Role<'_> {
-        let key = (server, name.to_lowercase(), record_type);
+        let key = (server, LowerName::new(name), record_type);
         let mut waiting = self.waiting.lock();
         if let Some(followers) = waiting.get_mut(&key) {
             let (sender, receiver) = oneshot::channel();
