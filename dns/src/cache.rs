@@ -1,18 +1,18 @@
-//! The RRset cache: records keyed by (name, type, class) with absolute wall-clock expiry,
+//! The RRset cache: records keyed by owner name and type with absolute wall-clock expiry,
 //! negative entries (RFC 2308) and the NXDOMAIN cut (RFC 8020), bounded in size.
 //!
 //! This is the cache iteration reads and writes. A packet cache of finished answers (keyed by
 //! the question, holding wire bytes) can sit in front of it: it only needs [`Cache::lookup`]'s
 //! results and their remaining TTLs, never this module's internals.
 
-use std::collections::{HashMap, hash_map};
+use std::collections::HashMap;
 
 use crossbeam_utils::CachePadded;
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use parking_lot::{Mutex, MutexGuard};
 use rand::seq::IteratorRandom;
 
-use crate::{clock::Clock, name_hash::NameHashState};
+use crate::{cache_key::NameKeys, clock::Clock, name_hash::NameHashState};
 
 /// How much a cached RRset is trusted (RFC 2181 5.4.1): data from an authoritative answer beats
 /// a referral's NS set, which beats glue. Lower ranks never overwrite higher ones while unexpired.
@@ -40,12 +40,6 @@ pub enum CacheAnswer {
     /// The name exists but has no RRset of this type; the SOA if one was given.
     NoData(Option<Record>),
 }
-
-/// Owner and type; the class is always IN. hickory's `LowerName` is lowercased once, when the
-/// key is made, and hashes a label per call and compares bytes as they are; a plain `Name`
-/// lowercases every byte in every hash and comparison, which made name hashing the largest
-/// item of a cold batch's instruction profile (docs/benchmarks.md, session 10).
-type Key = (LowerName, RecordType);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -81,12 +75,16 @@ pub struct Cache {
 /// Shards at most: enough that two to a few dozen threads rarely meet on one.
 const MAX_SHARDS: usize = 16;
 
+/// The maps of one shard, keyed as [`NameKeys`] spells names.
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<Key, Entry, NameHashState>,
-    nxdomains: HashMap<LowerName, Entry, NameHashState>,
-    /// Zone cuts learned without a referral (see [`Cache::insert_learned_cut`]).
-    learned_cuts: HashMap<LowerName, LearnedCut, NameHashState>,
+    /// By [`NameKeys::rrset`].
+    entries: HashMap<Box<[u8]>, Entry, NameHashState>,
+    /// By [`NameKeys::name`].
+    nxdomains: HashMap<Box<[u8]>, Entry, NameHashState>,
+    /// Zone cuts learned without a referral (see [`Cache::insert_learned_cut`]), by
+    /// [`NameKeys::name`].
+    learned_cuts: HashMap<Box<[u8]>, LearnedCut, NameHashState>,
 }
 
 /// A zone apex found from an authoritative SOA, and the servers that answered for it.
@@ -105,37 +103,16 @@ impl Inner {
     }
 }
 
-fn key(name: &Name, record_type: RecordType) -> Key {
-    (LowerName::new(name), record_type)
-}
-
 fn with_remaining_ttl(mut record: Record, expires_at: u64, now: u64) -> Record {
     record.ttl = u32::try_from(expires_at.saturating_sub(now)).unwrap_or(u32::MAX);
     record
 }
 
-/// Which shard holds `name`'s entries: an unkeyed hash of its (lowercased) labels, eight bytes
-/// a step. Not keyed: a client who steers names onto one shard only brings back the single
-/// lock this replaced, and the maps inside keep their keyed hash.
-fn shard_of(name: &LowerName, shard_count: usize) -> usize {
-    let mut hash: u64 = 0;
-    for label in name.iter() {
-        let mix = |hash: u64, word: u64| {
-            (hash.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        };
-        hash = mix(hash, label.len() as u64);
-        let mut words = label.chunks_exact(8);
-        for word in &mut words {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(word);
-            hash = mix(hash, u64::from_le_bytes(bytes));
-        }
-        let mut rest = [0; 8];
-        rest[..words.remainder().len()].copy_from_slice(words.remainder());
-        hash = mix(hash, u64::from_le_bytes(rest));
-    }
-    // The top bits are the best mixed.
-    (hash >> 40) as usize & (shard_count - 1)
+fn live_records(records: &[Record], expires_at: u64, now: u64) -> Vec<Record> {
+    records
+        .iter()
+        .map(|r| with_remaining_ttl(r.clone(), expires_at, now))
+        .collect()
 }
 
 impl Cache {
@@ -161,8 +138,9 @@ impl Cache {
         }
     }
 
-    fn shard(&self, name: &LowerName) -> MutexGuard<'_, Inner> {
-        self.shards[shard_of(name, self.shards.len())].lock()
+    /// The shard of `keys`' ancestor `ancestor`, locked.
+    fn shard(&self, keys: &NameKeys, ancestor: usize) -> MutexGuard<'_, Inner> {
+        self.shards[keys.shard(ancestor, self.shards.len())].lock()
     }
 
     /// Entries held (RRsets and negative entries), expired ones included until evicted.
@@ -179,13 +157,13 @@ impl Cache {
     /// entries. Glue and referral NS sets are not answers to give a client.
     pub fn lookup(&self, name: &Name, record_type: RecordType) -> Option<CacheAnswer> {
         let now = self.clock.now_secs();
+        let mut keys = NameKeys::new(name)?;
         // RFC 8020: an NXDOMAIN at the name or any ancestor means nothing exists below it.
-        let mut ancestor = LowerName::new(name);
-        loop {
+        for ancestor in 0..keys.ancestors() {
             let nxdomain = self
-                .shard(&ancestor)
+                .shard(&keys, ancestor)
                 .nxdomains
-                .get(&ancestor)
+                .get(keys.name(ancestor))
                 .filter(|e| e.expires_at > now)
                 .map(|entry| match &entry.value {
                     Value::NoData { soa } => (soa.clone(), entry.expires_at),
@@ -196,26 +174,17 @@ impl Cache {
                     soa.map(|soa| with_remaining_ttl(*soa, expires_at, now)),
                 ));
             }
-            if ancestor.is_root() {
-                break;
-            }
-            ancestor = ancestor.base_name();
         }
-        let mut key = key(name, record_type);
-        let inner = self.shard(&key.0);
-        let entries = &inner.entries;
+        let inner = self.shard(&keys, 0);
         let mut live = |record_type| {
-            key.1 = record_type;
-            entries.get(&key).filter(|entry| entry.expires_at > now)
+            inner
+                .entries
+                .get(keys.rrset(0, record_type))
+                .filter(|entry| entry.expires_at > now)
         };
         match live(record_type).map(|entry| (&entry.value, entry.expires_at)) {
             Some((Value::Rrset { records, rank }, expires_at)) if *rank == Rank::Answer => {
-                return Some(CacheAnswer::Records(
-                    records
-                        .iter()
-                        .map(|r| with_remaining_ttl(r.clone(), expires_at, now))
-                        .collect(),
-                ));
+                return Some(CacheAnswer::Records(live_records(records, expires_at, now)));
             }
             Some((Value::NoData { soa }, expires_at)) => {
                 return Some(CacheAnswer::NoData(
@@ -243,38 +212,37 @@ impl Cache {
     /// of servers during iteration).
     pub fn rrset(&self, name: &Name, record_type: RecordType) -> Option<Vec<Record>> {
         let now = self.clock.now_secs();
-        let key = key(name, record_type);
-        let inner = self.shard(&key.0);
+        let mut keys = NameKeys::new(name)?;
+        let inner = self.shard(&keys, 0);
         let entry = inner
             .entries
-            .get(&key)
+            .get(keys.rrset(0, record_type))
             .filter(|entry| entry.expires_at > now)?;
         match &entry.value {
-            Value::Rrset { records, .. } => Some(
-                records
-                    .iter()
-                    .map(|r| with_remaining_ttl(r.clone(), entry.expires_at, now))
-                    .collect(),
-            ),
+            Value::Rrset { records, .. } => Some(live_records(records, entry.expires_at, now)),
             Value::NoData { .. } => None,
         }
     }
 
     /// The closest enclosing zone cut of `name` with a cached NS set, and the NS names.
     pub fn closest_cut(&self, name: &Name) -> Option<(Name, Vec<Name>)> {
-        let mut zone = LowerName::new(name);
         let now = self.clock.now_secs();
-        loop {
-            let learned = self
-                .shard(&zone)
+        let mut keys = NameKeys::new(name)?;
+        for ancestor in 0..keys.ancestors() {
+            let inner = self.shard(&keys, ancestor);
+            let learned = inner
                 .learned_cuts
-                .get(&zone)
+                .get(keys.name(ancestor))
                 .filter(|cut| cut.expires_at > now)
                 .map(|cut| cut.servers.clone());
-            if let Some(servers) = learned {
-                return Some((zone.into(), servers));
-            }
-            if let Some(records) = self.rrset(&zone, RecordType::NS) {
+            let servers = learned.or_else(|| {
+                let entry = inner
+                    .entries
+                    .get(keys.rrset(ancestor, RecordType::NS))
+                    .filter(|entry| entry.expires_at > now)?;
+                let Value::Rrset { records, .. } = &entry.value else {
+                    return None;
+                };
                 let servers: Vec<Name> = records
                     .iter()
                     .filter_map(|record| match &record.data {
@@ -282,15 +250,15 @@ impl Cache {
                         _ => None,
                     })
                     .collect();
-                if !servers.is_empty() {
-                    return Some((zone.into(), servers));
-                }
+                (!servers.is_empty()).then_some(servers)
+            });
+            drop(inner);
+            if let Some(servers) = servers {
+                let zone = name.to_lowercase().trim_to(keys.labels(ancestor));
+                return Some((zone, servers));
             }
-            if zone.is_root() {
-                return None;
-            }
-            zone = zone.base_name();
         }
+        None
     }
 
     /// Remember that `zone` is a zone apex served by `servers`, for `ttl` seconds (capped),
@@ -302,14 +270,16 @@ impl Cache {
         if ttl == 0 || servers.is_empty() {
             return;
         }
+        let Some(keys) = NameKeys::new(zone) else {
+            return;
+        };
         let expires_at = self.clock.now_secs() + u64::from(ttl);
-        let zone = LowerName::new(zone);
-        let mut inner = self.shard(&zone);
+        let mut inner = self.shard(&keys, 0);
         if inner.learned_cuts.len() >= MAX_LEARNED_CUTS / self.shards.len() {
             inner.learned_cuts.clear();
         }
         inner.learned_cuts.insert(
-            zone,
+            keys.name(0).into(),
             LearnedCut {
                 servers: servers.to_vec(),
                 expires_at,
@@ -332,26 +302,28 @@ impl Cache {
         if ttl == 0 {
             return;
         }
+        let Some(mut keys) = NameKeys::new(&first.name) else {
+            return;
+        };
+        let record_type = first.record_type();
         let now = self.clock.now_secs();
-        let key = key(&first.name, first.record_type());
-        let mut inner = self.shard(&key.0);
+        let mut inner = self.shard(&keys, 0);
         self.make_room(&mut inner, now);
         let entry = Entry {
             value: Value::Rrset { records, rank },
             expires_at: now + u64::from(ttl),
         };
-        // One hash of the key for the check and the write.
-        match inner.entries.entry(key) {
-            hash_map::Entry::Occupied(mut occupied) => {
-                let existing = occupied.get();
+        let key = keys.rrset(0, record_type);
+        match inner.entries.get_mut(key) {
+            Some(existing) => {
                 let outranked = existing.expires_at > now
                     && matches!(existing.value, Value::Rrset { rank: old, .. } if old > rank);
                 if !outranked {
-                    occupied.insert(entry);
+                    *existing = entry;
                 }
             }
-            hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(entry);
+            None => {
+                inner.entries.insert(key.into(), entry);
             }
         }
     }
@@ -362,12 +334,14 @@ impl Cache {
         if ttl == 0 {
             return;
         }
+        let Some(keys) = NameKeys::new(name) else {
+            return;
+        };
         let now = self.clock.now_secs();
-        let name = LowerName::new(name);
-        let mut inner = self.shard(&name);
+        let mut inner = self.shard(&keys, 0);
         self.make_room(&mut inner, now);
         inner.nxdomains.insert(
-            name,
+            keys.name(0).into(),
             Entry {
                 value: Value::NoData {
                     soa: soa.map(Box::new),
@@ -383,12 +357,14 @@ impl Cache {
         if ttl == 0 {
             return;
         }
+        let Some(mut keys) = NameKeys::new(name) else {
+            return;
+        };
         let now = self.clock.now_secs();
-        let key = key(name, record_type);
-        let mut inner = self.shard(&key.0);
+        let mut inner = self.shard(&keys, 0);
         self.make_room(&mut inner, now);
         inner.entries.insert(
-            key,
+            keys.rrset(0, record_type).into(),
             Entry {
                 value: Value::NoData {
                     soa: soa.map(Box::new),

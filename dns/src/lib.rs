@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod cache;
+mod cache_key;
 mod clock;
 mod config;
 mod error;
