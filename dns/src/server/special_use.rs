@@ -59,6 +59,9 @@ const LOOPBACK_V6_PTR: &str =
 /// TTL of local records; also the SOA minimum, so negative answers last as long.
 const LOCAL_TTL: u32 = 3600;
 
+/// The last label of every zone above.
+const LOCAL_TOP_LABELS: [&str; 3] = ["localhost", "invalid", "arpa"];
+
 /// The zone `qname` (lowercase, presentation form with the final dot) falls in, if local.
 fn local_zone(qname: &str) -> Option<&'static str> {
     let within = |zone: &str| {
@@ -79,6 +82,15 @@ fn name(text: &str) -> Option<Name> {
 
 /// A complete answer (ID 0, no OPT) when `question` is one the server must answer itself.
 pub(crate) fn answer(question: &Name, record_type: RecordType) -> Option<Vec<u8>> {
+    // Every local zone is under one of these; checking the last label first spares every
+    // other question (each miss asks) a lowercased copy of its name in presentation form.
+    let top = question.iter().next_back()?;
+    if !LOCAL_TOP_LABELS
+        .iter()
+        .any(|local| top.eq_ignore_ascii_case(local.as_bytes()))
+    {
+        return None;
+    }
     let lower = question.to_lowercase().to_ascii();
     let zone = local_zone(&lower)?;
     let apex = name(zone)?;
@@ -192,6 +204,23 @@ mod tests {
         let apex = ask("10.in-addr.arpa.", RecordType::SOA);
         assert_eq!(apex.metadata.response_code, ResponseCode::NoError);
         assert_eq!(apex.answers[0].record_type(), RecordType::SOA);
+    }
+
+    /// The last-label check never hides a zone: each one's apex, in any case, is answered.
+    #[test]
+    fn every_zone_is_answered_at_its_apex_in_any_case() {
+        for zone in STATIC_ZONES.iter().chain(&[LOCALHOST]) {
+            for spelling in [zone.to_string(), zone.to_ascii_uppercase()] {
+                let reply = ask(&spelling, RecordType::SOA);
+                assert_eq!(
+                    reply.metadata.response_code,
+                    ResponseCode::NoError,
+                    "{spelling}"
+                );
+                assert!(reply.metadata.authoritative, "{spelling}");
+            }
+        }
+        assert!(answer(&Name::root(), RecordType::NS).is_none());
     }
 
     #[test]
