@@ -5,7 +5,7 @@
 //! the question, holding wire bytes) can sit in front of it: it only needs [`Cache::lookup`]'s
 //! results and their remaining TTLs, never this module's internals.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::IpAddr};
 
 use crossbeam_utils::CachePadded;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -222,6 +222,32 @@ impl Cache {
             Value::Rrset { records, .. } => Some(live_records(records, entry.expires_at, now)),
             Value::NoData { .. } => None,
         }
+    }
+
+    /// The addresses in `name`'s unexpired A and AAAA RRsets, whatever their rank (a server's
+    /// addresses during iteration): one key and one lock for both, and no record copied.
+    pub fn addresses(&self, name: &Name) -> Vec<IpAddr> {
+        let now = self.clock.now_secs();
+        let Some(mut keys) = NameKeys::new(name) else {
+            return Vec::new();
+        };
+        let inner = self.shard(&keys, 0);
+        let mut addresses = Vec::new();
+        for record_type in [RecordType::A, RecordType::AAAA] {
+            if let Some(Entry {
+                value: Value::Rrset { records, .. },
+                expires_at,
+            }) = inner.entries.get(keys.rrset(0, record_type))
+                && *expires_at > now
+            {
+                addresses.extend(records.iter().filter_map(|record| match record.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                }));
+            }
+        }
+        addresses
     }
 
     /// The closest enclosing zone cut of `name` with a cached NS set, and the NS names.
@@ -506,6 +532,34 @@ mod tests {
         }
         assert!(cache.len() <= 50, "{}", cache.len());
         assert!(cache.lookup(&name("n499.test."), RecordType::A).is_some());
+    }
+
+    #[test]
+    fn addresses_come_from_both_families_while_unexpired() {
+        let clock = Clock::manual(0);
+        let cache = Cache::new(clock.clone(), 100, 86_400, 3_600);
+        cache.insert_rrset(vec![a("ns.test.", 100)], Rank::Glue);
+        let v6 = Record::from_rdata(
+            name("NS.test."),
+            200,
+            RData::AAAA(hickory_proto::rr::rdata::AAAA(
+                std::net::Ipv6Addr::LOCALHOST,
+            )),
+        );
+        cache.insert_rrset(vec![v6], Rank::Answer);
+        assert_eq!(
+            cache.addresses(&name("ns.TEST.")),
+            [
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            ]
+        );
+        clock.advance(150);
+        assert_eq!(
+            cache.addresses(&name("ns.test.")),
+            [IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)]
+        );
+        assert!(cache.addresses(&name("other.test.")).is_empty());
     }
 
     #[test]

@@ -572,16 +572,7 @@ impl Resolver {
 
     /// Addresses we know for an NS name: the cache (answers or glue), or the root hints.
     fn addresses_of(&self, ns: &Name) -> Vec<IpAddr> {
-        let mut addresses = Vec::new();
-        for record_type in [RecordType::A, RecordType::AAAA] {
-            for record in self.inner.cache.rrset(ns, record_type).unwrap_or_default() {
-                match record.data {
-                    RData::A(a) => addresses.push(IpAddr::V4(a.0)),
-                    RData::AAAA(aaaa) => addresses.push(IpAddr::V6(aaaa.0)),
-                    _ => {}
-                }
-            }
-        }
+        let mut addresses = self.inner.cache.addresses(ns);
         if addresses.is_empty()
             && let Some(hinted) = self.inner.root_addresses.get(&ns.to_lowercase())
         {
