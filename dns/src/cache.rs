@@ -8,7 +8,10 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use crossbeam_utils::CachePadded;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::{
+    rr::{Name, RData, Record, RecordType},
+    serialize::binary::BinDecodable,
+};
 use parking_lot::{Mutex, MutexGuard};
 use rand::seq::IteratorRandom;
 
@@ -280,7 +283,9 @@ impl Cache {
             });
             drop(inner);
             if let Some(servers) = servers {
-                let zone = name.to_lowercase().trim_to(keys.labels(ancestor));
+                // The key is the zone's name on the wire, lowercased: reading it back costs
+                // less than trimming `name` (which rebuilds it label by label).
+                let zone = Name::from_bytes(keys.name(ancestor)).ok()?;
                 return Some((zone, servers));
             }
         }
@@ -560,6 +565,36 @@ mod tests {
             [IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)]
         );
         assert!(cache.addresses(&name("other.test.")).is_empty());
+    }
+
+    #[test]
+    fn the_closest_cut_is_the_nearest_ancestor_with_servers() {
+        let cache = Cache::new(Clock::manual(0), 100, 86_400, 3_600);
+        let ns = |owner: &str, server: &str| {
+            Record::from_rdata(
+                name(owner),
+                300,
+                RData::NS(hickory_proto::rr::rdata::NS(name(server))),
+            )
+        };
+        cache.insert_rrset(vec![ns("TEST.", "a.nic.test.")], Rank::Referral);
+        cache.insert_rrset(
+            vec![ns("Example.test.", "NS1.example.test.")],
+            Rank::Referral,
+        );
+        cache.insert_learned_cut(&name("Deep.b.example.test."), &[name("ns.deep.test.")], 300);
+        let (zone, servers) = cache.closest_cut(&name("a.B.EXAMPLE.test.")).unwrap();
+        assert!(
+            zone.eq_case(&name("example.test.")) && zone.is_fqdn(),
+            "{zone}"
+        );
+        assert_eq!(servers, [name("ns1.example.test.")]);
+        let (zone, servers) = cache.closest_cut(&name("x.deep.b.example.test.")).unwrap();
+        assert!(zone.eq_case(&name("deep.b.example.test.")), "{zone}");
+        assert_eq!(servers, [name("ns.deep.test.")]);
+        let (zone, _) = cache.closest_cut(&name("other.test.")).unwrap();
+        assert!(zone.eq_case(&name("test.")), "{zone}");
+        assert_eq!(cache.closest_cut(&name("example.")), None);
     }
 
     #[test]

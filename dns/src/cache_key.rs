@@ -68,11 +68,6 @@ impl NameKeys {
         self.ancestors
     }
 
-    /// Labels in ancestor `ancestor` (0 is the name itself; the root has none).
-    pub(crate) fn labels(&self, ancestor: usize) -> usize {
-        self.ancestors - 1 - ancestor
-    }
-
     /// The key of ancestor `ancestor`'s name alone (negative entries, learned cuts).
     pub(crate) fn name(&self, ancestor: usize) -> &[u8] {
         &self.bytes[usize::from(self.starts[ancestor])..self.name_len]
@@ -129,10 +124,6 @@ mod tests {
         assert_eq!(keys.name(1), b"\x07example\x04test\x00");
         assert_eq!(keys.name(2), b"\x04test\x00");
         assert_eq!(keys.name(3), b"\x00");
-        assert_eq!(
-            (0..4).map(|a| keys.labels(a)).collect::<Vec<_>>(),
-            [3, 2, 1, 0]
-        );
         assert_eq!(
             keys.rrset(1, RecordType::NS),
             b"\x07example\x04test\x00\x00\x02"

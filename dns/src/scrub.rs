@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use hickory_proto::{
     op::Message,
-    rr::{Name, RData, RecordType},
+    rr::{LowerName, Name, RData, RecordType},
 };
 
 use crate::{name_hash::NameHashState, wire::dname_target};
@@ -22,9 +22,10 @@ use crate::{name_hash::NameHashState, wire::dname_target};
 pub(crate) fn scrub(message: &mut Message, zone: &Name, qname: &Name) -> usize {
     let before = message.answers.len() + message.authorities.len() + message.additionals.len();
 
-    // Answer section: follow the chain from the question, inside the zone only.
-    let mut chain: HashSet<Name, NameHashState> = HashSet::default();
-    chain.insert(qname.to_lowercase());
+    // Answer section: follow the chain from the question, inside the zone only. LowerName:
+    // lowercased once here, then hashed and compared as bytes (this runs on every reply).
+    let mut chain: HashSet<LowerName, NameHashState> = HashSet::default();
+    chain.insert(LowerName::new(qname));
     let mut keep = vec![false; message.answers.len()];
     let mut changed = true;
     while changed {
@@ -33,7 +34,7 @@ pub(crate) fn scrub(message: &mut Message, zone: &Name, qname: &Name) -> usize {
             if keep[index] || !zone.zone_of(&record.name) {
                 continue;
             }
-            let owner = record.name.to_lowercase();
+            let owner = LowerName::new(&record.name);
             let on_chain = chain.contains(&owner);
             let dname_above_chain = record.record_type() == RecordType::DNAME
                 && chain
@@ -46,15 +47,15 @@ pub(crate) fn scrub(message: &mut Message, zone: &Name, qname: &Name) -> usize {
             changed = true;
             match &record.data {
                 RData::CNAME(target) => {
-                    chain.insert(target.0.to_lowercase());
+                    chain.insert(LowerName::new(&target.0));
                 }
                 data => {
                     if let Some(target) = dname_target(data) {
                         // Names synthesised under the DNAME target may follow.
-                        let snapshot: Vec<Name> = chain.iter().cloned().collect();
+                        let snapshot: Vec<LowerName> = chain.iter().cloned().collect();
                         for name in snapshot {
                             if let Some(synth) = substitute(&name, &owner, &target) {
-                                chain.insert(synth.to_lowercase());
+                                chain.insert(LowerName::new(&synth));
                             }
                         }
                     }

@@ -8,7 +8,10 @@
 //! identical queries outstanding, a spoofer's forged reply matches one of them about N times
 //! as easily, which is why Unbound and BIND never send duplicates.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::SocketAddr,
+};
 
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use parking_lot::Mutex;
@@ -50,16 +53,21 @@ impl InFlightExchanges {
     ) -> Role<'_> {
         let key = (server, LowerName::new(name), record_type);
         let mut waiting = self.waiting.lock();
-        if let Some(followers) = waiting.get_mut(&key) {
-            let (sender, receiver) = oneshot::channel();
-            followers.push(sender);
-            return Role::Follower(receiver);
+        match waiting.entry(key) {
+            Entry::Occupied(mut followers) => {
+                let (sender, receiver) = oneshot::channel();
+                followers.get_mut().push(sender);
+                Role::Follower(receiver)
+            }
+            Entry::Vacant(vacant) => {
+                let key = vacant.key().clone();
+                vacant.insert(Vec::new());
+                Role::Leader(Leader {
+                    owner: self,
+                    key: Some(key),
+                })
+            }
         }
-        waiting.insert(key.clone(), Vec::new());
-        Role::Leader(Leader {
-            owner: self,
-            key: Some(key),
-        })
     }
 
     #[cfg(test)]
