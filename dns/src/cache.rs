@@ -68,6 +68,8 @@ enum Value {
 #[derive(Debug)]
 pub struct Cache {
     shards: Box<[CachePadded<Mutex<Inner>>]>,
+    /// Picks a name's shard (see [`NameKeys::shard`]).
+    shard_seed: foldhash::fast::RandomState,
     clock: Clock,
     /// The bound on each shard's entries; the shards together hold at most `max_entries`.
     max_entries_per_shard: usize,
@@ -134,6 +136,7 @@ impl Cache {
             shards: (0..shard_count)
                 .map(|_| CachePadded::new(Mutex::new(Inner::default())))
                 .collect(),
+            shard_seed: foldhash::fast::RandomState::default(),
             clock,
             max_entries_per_shard: max_entries / shard_count,
             max_ttl,
@@ -143,7 +146,7 @@ impl Cache {
 
     /// The shard of `keys`' ancestor `ancestor`, locked.
     fn shard(&self, keys: &NameKeys, ancestor: usize) -> MutexGuard<'_, Inner> {
-        self.shards[keys.shard(ancestor, self.shards.len())].lock()
+        self.shards[keys.shard(ancestor, self.shards.len(), &self.shard_seed)].lock()
     }
 
     /// Entries held (RRsets and negative entries), expired ones included until evicted.
@@ -339,24 +342,22 @@ impl Cache {
         let record_type = first.record_type();
         let now = self.clock.now_secs();
         let mut inner = self.shard(&keys, 0);
-        self.make_room(&mut inner, now);
         let entry = Entry {
             value: Value::Rrset { records, rank },
             expires_at: now + u64::from(ttl),
         };
         let key = keys.rrset(0, record_type);
-        match inner.entries.get_mut(key) {
-            Some(existing) => {
-                let outranked = existing.expires_at > now
-                    && matches!(existing.value, Value::Rrset { rank: old, .. } if old > rank);
-                if !outranked {
-                    *existing = entry;
-                }
+        if let Some(existing) = inner.entries.get_mut(key) {
+            let outranked = existing.expires_at > now
+                && matches!(existing.value, Value::Rrset { rank: old, .. } if old > rank);
+            if !outranked {
+                *existing = entry;
             }
-            None => {
-                inner.entries.insert(key.into(), entry);
-            }
+            // Replaced in place or kept: the shard did not grow, so nothing is evicted.
+            return;
         }
+        self.make_room(&mut inner, now);
+        inner.entries.insert(key.into(), entry);
     }
 
     /// Remember that `name` does not exist (and nothing below it does: RFC 8020).
@@ -537,6 +538,26 @@ mod tests {
         }
         assert!(cache.len() <= 50, "{}", cache.len());
         assert!(cache.lookup(&name("n499.test."), RecordType::A).is_some());
+    }
+
+    /// Glue for a name that already has its answer is refused without touching anything else,
+    /// even when the cache is full (a refused insert used to evict first).
+    #[test]
+    fn a_refused_insert_into_a_full_cache_evicts_nothing() {
+        // One shard of one entry, so "full" is certain.
+        let cache = Cache::new(Clock::manual(0), 1, 86_400, 3_600);
+        cache.insert_rrset(vec![a("www.test.", 300)], Rank::Answer);
+        let mut glue = a("www.test.", 300);
+        glue.data = RData::A(A(Ipv4Addr::new(6, 6, 6, 6)));
+        for _ in 0..20 {
+            cache.insert_rrset(vec![glue.clone()], Rank::Glue);
+        }
+        assert_eq!(cache.len(), 1);
+        let Some(CacheAnswer::Records(records)) = cache.lookup(&name("www.test."), RecordType::A)
+        else {
+            panic!("the answer must still be there");
+        };
+        assert_eq!(records[0].data, RData::A(A(Ipv4Addr::new(192, 0, 2, 1))));
     }
 
     #[test]

@@ -9,10 +9,14 @@
 //! buffer once, and each ancestor is a slice of it. Byte-slice keys hash in one call and
 //! compare with `memcmp`.
 
+use std::hash::BuildHasher;
+
 use hickory_proto::rr::{Name, RecordType};
 
-/// The longest name on the wire (RFC 1035 3.1), plus the two bytes of a record type.
-const MAX_KEY_LEN: usize = 255 + 2;
+/// The longest name on the wire, the root's zero byte included (RFC 1035 3.1).
+const MAX_NAME_LEN: usize = 255;
+/// A name and the two bytes of a record type.
+const MAX_KEY_LEN: usize = MAX_NAME_LEN + 2;
 /// A name of 255 bytes has at most 127 labels, plus the root.
 const MAX_ANCESTORS: usize = 128;
 
@@ -41,8 +45,8 @@ impl NameKeys {
             keys.push_ancestor()?;
             let start = keys.name_len;
             let end = start + 1 + label.len();
-            // One byte stays free for the root.
-            if end >= MAX_KEY_LEN - 2 {
+            // The root's zero byte must still fit.
+            if end + 1 > MAX_NAME_LEN {
                 return None;
             }
             keys.bytes[start] = u8::try_from(label.len()).ok()?;
@@ -80,30 +84,23 @@ impl NameKeys {
         &self.bytes[usize::from(self.starts[ancestor])..self.name_len + 2]
     }
 
-    /// Which of `shard_count` (a power of two) shards holds ancestor `ancestor`'s entries.
-    pub(crate) fn shard(&self, ancestor: usize, shard_count: usize) -> usize {
-        shard_of(self.name(ancestor), shard_count)
+    /// Which of `shard_count` (a power of two) shards holds ancestor `ancestor`'s entries, by
+    /// the cache's own randomly seeded hash.
+    ///
+    /// Seeded because each shard has its own share of the entry bound: with a fixed hash, a
+    /// client could pick names that land in the shard holding popular entries (a TLD's NS set
+    /// and glue) and evict them with a sixteenth of the inserts a flush of the whole cache
+    /// takes. foldhash, not the maps' SipHash: the maps inside the shard keep the strong keyed
+    /// hash, and this one only spreads the locks.
+    pub(crate) fn shard(
+        &self,
+        ancestor: usize,
+        shard_count: usize,
+        seed: &foldhash::fast::RandomState,
+    ) -> usize {
+        // The top bits are the best mixed.
+        (seed.hash_one(self.name(ancestor)) >> 48) as usize & (shard_count - 1)
     }
-}
-
-/// An unkeyed hash of a name's key, eight bytes a step. Not keyed: a client who steers names
-/// onto one shard only brings back the single lock sharding replaced, and the maps inside keep
-/// their keyed hash.
-fn shard_of(name: &[u8], shard_count: usize) -> usize {
-    let mix =
-        |hash: u64, word: u64| (hash.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut hash = mix(0, name.len() as u64);
-    let mut words = name.chunks_exact(8);
-    for word in &mut words {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(word);
-        hash = mix(hash, u64::from_le_bytes(bytes));
-    }
-    let mut rest = [0; 8];
-    rest[..words.remainder().len()].copy_from_slice(words.remainder());
-    hash = mix(hash, u64::from_le_bytes(rest));
-    // The top bits are the best mixed.
-    (hash >> 40) as usize & (shard_count - 1)
 }
 
 #[cfg(test)]
@@ -163,7 +160,8 @@ mod tests {
             let upper = NameKeys::new(&spelled(&labels, u8::to_ascii_uppercase)).unwrap();
             let lower = NameKeys::new(&spelled(&labels, u8::to_ascii_lowercase)).unwrap();
             prop_assert_eq!(upper.name(0), lower.name(0));
-            prop_assert_eq!(upper.shard(0, 16), lower.shard(0, 16));
+            let seed = foldhash::fast::RandomState::default();
+            prop_assert_eq!(upper.shard(0, 16, &seed), lower.shard(0, 16, &seed));
             let other_keys = NameKeys::new(&spelled(&other, u8::to_ascii_lowercase)).unwrap();
             let lowercase = |labels: &[Vec<u8>]| -> Vec<Vec<u8>> {
                 labels.iter().map(|label| label.to_ascii_lowercase()).collect()
