@@ -160,10 +160,11 @@ pub(crate) fn question(query: &ClientQuery) -> Option<(Name, RecordType)> {
 /// Written directly rather than through hickory's `Message`, which cost about 7000
 /// instructions per miss in a callgrind count of a cold batch, most of it searching its table
 /// for names to compress (docs/benchmarks.md, session 10). The question is the client's own
-/// bytes; an owner equal to the question name is a pointer to it, as hickory writes it; other
-/// owners and the names inside RDATA (encoded by hickory) are written in full, which RFC 1035
-/// allows and costs a few bytes in the rare answer that has them. Tests check that hickory
-/// reads back the same message it would have written.
+/// bytes. Owners are compressed against the names written in full before them (the question,
+/// earlier owners, and CNAME, DNAME, NS and PTR targets), so a CNAME chain or an SOA owner
+/// costs two bytes as with hickory. Names inside other RDATA (an SOA's two names, an MX
+/// exchange) are written in full, which RFC 1035 allows: 15-30 bytes more on a negative answer.
+/// Tests check that hickory reads back the same message it would have written, and the size.
 pub(crate) fn encode_resolution(query: &ClientQuery, resolution: &Resolution) -> Option<Vec<u8>> {
     let rcode = u8::try_from(u16::from(resolution.rcode))
         .ok()
@@ -179,21 +180,14 @@ pub(crate) fn encode_resolution(query: &ClientQuery, resolution: &Resolution) ->
     out.extend_from_slice(&answers.to_be_bytes());
     out.extend_from_slice(&authorities.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
+    let mut targets = PointerTargets::default();
+    targets.add(out.len(), query.qname.len());
     out.extend_from_slice(&query.qname);
     out.extend_from_slice(&query.qtype.to_be_bytes());
     out.extend_from_slice(&query.qclass.to_be_bytes());
     let mut rdata = Vec::new();
     for record in resolution.answers.iter().chain(&resolution.authorities) {
-        let owner_start = out.len();
-        for label in record.name.iter() {
-            out.push(u8::try_from(label.len()).ok()?);
-            out.extend_from_slice(label);
-        }
-        out.push(0);
-        if out[owner_start..].eq_ignore_ascii_case(&query.qname) {
-            out.truncate(owner_start);
-            out.extend_from_slice(&QUESTION_NAME_POINTER);
-        }
+        targets.write_owner(&record.name, &mut out)?;
         out.extend_from_slice(&u16::from(record.record_type()).to_be_bytes());
         out.extend_from_slice(&u16::from(record.dns_class).to_be_bytes());
         out.extend_from_slice(&record.ttl.to_be_bytes());
@@ -202,13 +196,83 @@ pub(crate) fn encode_resolution(query: &ClientQuery, resolution: &Resolution) ->
         encoder.set_name_encoding(NameEncoding::Uncompressed);
         record.data.emit(&mut encoder).ok()?;
         out.extend_from_slice(&u16::try_from(rdata.len()).ok()?.to_be_bytes());
+        if matches!(
+            record.record_type(),
+            RecordType::CNAME | RecordType::DNAME | RecordType::NS | RecordType::PTR
+        ) {
+            // The whole RDATA is one uncompressed name.
+            targets.add(out.len(), rdata.len());
+        }
         out.extend_from_slice(&rdata);
     }
     (out.len() <= MAX_MESSAGE_LEN).then_some(out)
 }
 
-/// A compression pointer to the question's name, which always starts right after the header.
-const QUESTION_NAME_POINTER: [u8; 2] = [0xc0, HEADER_LEN as u8];
+/// Names written in full in an answer being encoded, which later owners may point into:
+/// (offset, length) in the output.
+#[derive(Default)]
+struct PointerTargets {
+    names: [(usize, usize); MAX_POINTER_TARGETS],
+    count: usize,
+}
+
+/// Names remembered per answer: a chain and an SOA need a handful; past this, owners are
+/// written in full, which bounds the search for a long answer.
+const MAX_POINTER_TARGETS: usize = 16;
+/// Pointers hold 14 bits of offset.
+const MAX_POINTER_OFFSET: usize = 0x3fff;
+
+impl PointerTargets {
+    fn add(&mut self, offset: usize, len: usize) {
+        if self.count < MAX_POINTER_TARGETS && offset <= MAX_POINTER_OFFSET {
+            self.names[self.count] = (offset, len);
+            self.count += 1;
+        }
+    }
+
+    /// Append `owner`: its leading labels, then a pointer to the longest of its suffixes
+    /// (ignoring ASCII case) that ends a name written before, or all of it, remembered.
+    fn write_owner(&mut self, owner: &Name, out: &mut Vec<u8>) -> Option<()> {
+        let start = out.len();
+        let mut label_starts = [0usize; 128];
+        let mut labels = 0;
+        for label in owner.iter() {
+            *label_starts.get_mut(labels)? = out.len() - start;
+            labels += 1;
+            out.push(u8::try_from(label.len()).ok()?);
+            out.extend_from_slice(label);
+        }
+        out.push(0);
+        for &suffix_start in &label_starts[..labels] {
+            let suffix = start + suffix_start;
+            if let Some(pointer) = self.find(out, suffix) {
+                out.truncate(suffix);
+                out.extend_from_slice(&(0xc000 | pointer).to_be_bytes());
+                return Some(());
+            }
+        }
+        self.add(start, out.len() - start);
+        Some(())
+    }
+
+    /// Where an earlier name ends with the name at `out[suffix..]`, as a pointer offset.
+    fn find(&self, out: &[u8], suffix: usize) -> Option<u16> {
+        let wanted = &out[suffix..];
+        self.names[..self.count].iter().find_map(|&(offset, len)| {
+            let name = out.get(offset..offset + len)?;
+            // Walk the earlier name's label boundaries until its rest is as long as `wanted`.
+            let mut at = 0;
+            while name.len().saturating_sub(at) > wanted.len() {
+                at += 1 + usize::from(*name.get(at)?);
+            }
+            let rest = name.get(at..)?;
+            let pointer = offset + at;
+            (rest.eq_ignore_ascii_case(wanted) && pointer <= MAX_POINTER_OFFSET)
+                .then(|| u16::try_from(pointer).ok())
+                .flatten()
+        })
+    }
+}
 
 /// The RFC 8482 (section 4.2) answer to an ANY question: one HINFO record at the name with
 /// CPU "RFC8482" and an empty OS (ID 0, no OPT), or None when the name does not decode.
@@ -350,8 +414,17 @@ mod tests {
                 upstream_queries: 1,
             };
             let direct = encode_resolution(&client, &resolution).unwrap();
+            let hickory = hickory_encoding(&client, &resolution);
             let ours = Message::from_vec(&direct).unwrap();
-            let theirs = Message::from_vec(&hickory_encoding(&client, &resolution)).unwrap();
+            let theirs = Message::from_vec(&hickory).unwrap();
+            // Owners are compressed as hickory compresses them; only names inside RDATA (two
+            // in an SOA, one in a CNAME or MX) may be longer, by at most their shared suffix.
+            assert!(
+                direct.len() <= hickory.len() + 16,
+                "{} bytes against hickory's {}",
+                direct.len(),
+                hickory.len()
+            );
             assert_eq!(ours.metadata, theirs.metadata);
             assert_eq!(ours.queries, theirs.queries);
             assert!(ours.queries[0].name().eq_case(&name("WwW.ExAmple.")));
@@ -360,7 +433,7 @@ mod tests {
             assert!(ours.additionals.is_empty() && ours.edns.is_none());
             // The question's name is written once; an owner equal to it points at it.
             if rcode == ResponseCode::NoError && !resolution.answers.is_empty() {
-                assert_eq!(direct[29..31], QUESTION_NAME_POINTER);
+                assert_eq!(direct[29..31], [0xc0, 12]);
             }
         }
     }
