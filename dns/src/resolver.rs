@@ -593,8 +593,9 @@ impl Resolver {
         work: &mut Work,
     ) -> Result<Reply, ResolveError> {
         let config = &self.inner.config;
-        // A handful at most (bounded by the zone's servers): a Vec searched in place costs less
-        // than a hashed set, and nothing until the first push.
+        // At most one entry per query sent (max_queries_per_resolution, 100 by default), and
+        // usually one or two: a Vec searched in place costs less than a hashed set, and
+        // nothing until the first push.
         let mut tried: Vec<IpAddr> = Vec::new();
         let mut looked_up: Vec<Name> = Vec::new();
         let mut refused_counted = false;

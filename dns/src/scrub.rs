@@ -23,7 +23,8 @@ pub(crate) fn scrub(message: &mut Message, zone: &Name, qname: &Name) -> usize {
     let before = message.answers.len() + message.authorities.len() + message.additionals.len();
 
     // Answer section: follow the chain from the question, inside the zone only. LowerName:
-    // lowercased once here, then hashed and compared as bytes (this runs on every reply).
+    // lowercased once here, then hashed a label per call and compared case-sensitively,
+    // instead of lowercasing every byte in every hash and comparison (this runs per reply).
     let mut chain: HashSet<LowerName, NameHashState> = HashSet::default();
     chain.insert(LowerName::new(qname));
     let mut keep = vec![false; message.answers.len()];
