@@ -106,6 +106,30 @@ impl Inner {
     fn len(&self) -> usize {
         self.entries.len() + self.nxdomains.len()
     }
+
+    /// The RRset under `key` (a [`NameKeys::rrset`] key), whatever its rank, if unexpired:
+    /// its records and expiry.
+    fn live_rrset(&self, key: &[u8], now: u64) -> Option<(&[Record], u64)> {
+        match unexpired(&self.entries, key, now)? {
+            Entry {
+                value: Value::Rrset { records, .. },
+                expires_at,
+            } => Some((records, *expires_at)),
+            Entry {
+                value: Value::NoData { .. },
+                ..
+            } => None,
+        }
+    }
+}
+
+/// The entry under `key` in one of a shard's maps, unless it has expired.
+fn unexpired<'a>(
+    map: &'a HashMap<Box<[u8]>, Entry, NameHashState>,
+    key: &[u8],
+    now: u64,
+) -> Option<&'a Entry> {
+    map.get(key).filter(|entry| entry.expires_at > now)
 }
 
 fn with_remaining_ttl(mut record: Record, expires_at: u64, now: u64) -> Record {
@@ -166,15 +190,15 @@ impl Cache {
         let mut keys = NameKeys::new(name)?;
         // RFC 8020: an NXDOMAIN at the name or any ancestor means nothing exists below it.
         for ancestor in 0..keys.ancestors() {
-            let nxdomain = self
-                .shard(&keys, ancestor)
-                .nxdomains
-                .get(keys.name(ancestor))
-                .filter(|e| e.expires_at > now)
-                .map(|entry| match &entry.value {
-                    Value::NoData { soa } => (soa.clone(), entry.expires_at),
-                    Value::Rrset { .. } => (None, entry.expires_at),
-                });
+            let nxdomain = unexpired(
+                &self.shard(&keys, ancestor).nxdomains,
+                keys.name(ancestor),
+                now,
+            )
+            .map(|entry| match &entry.value {
+                Value::NoData { soa } => (soa.clone(), entry.expires_at),
+                Value::Rrset { .. } => (None, entry.expires_at),
+            });
             if let Some((soa, expires_at)) = nxdomain {
                 return Some(CacheAnswer::NxDomain(
                     soa.map(|soa| with_remaining_ttl(*soa, expires_at, now)),
@@ -182,13 +206,9 @@ impl Cache {
             }
         }
         let inner = self.shard(&keys, 0);
-        let mut live = |record_type| {
-            inner
-                .entries
-                .get(keys.rrset(0, record_type))
-                .filter(|entry| entry.expires_at > now)
-        };
-        match live(record_type).map(|entry| (&entry.value, entry.expires_at)) {
+        match unexpired(&inner.entries, keys.rrset(0, record_type), now)
+            .map(|entry| (&entry.value, entry.expires_at))
+        {
             Some((Value::Rrset { records, rank }, expires_at)) if *rank == Rank::Answer => {
                 return Some(CacheAnswer::Records(live_records(records, expires_at, now)));
             }
@@ -201,13 +221,13 @@ impl Cache {
             _ => {}
         }
         if record_type != RecordType::CNAME
-            && let Some(entry) = live(RecordType::CNAME)
-            && let Value::Rrset { records, .. } = &entry.value
+            && let Some((records, expires_at)) =
+                inner.live_rrset(keys.rrset(0, RecordType::CNAME), now)
             && let Some(first) = records.first()
         {
             return Some(CacheAnswer::Cname(with_remaining_ttl(
                 first.clone(),
-                entry.expires_at,
+                expires_at,
                 now,
             )));
         }
@@ -220,14 +240,8 @@ impl Cache {
         let now = self.clock.now_secs();
         let mut keys = NameKeys::new(name)?;
         let inner = self.shard(&keys, 0);
-        let entry = inner
-            .entries
-            .get(keys.rrset(0, record_type))
-            .filter(|entry| entry.expires_at > now)?;
-        match &entry.value {
-            Value::Rrset { records, .. } => Some(live_records(records, entry.expires_at, now)),
-            Value::NoData { .. } => None,
-        }
+        let (records, expires_at) = inner.live_rrset(keys.rrset(0, record_type), now)?;
+        Some(live_records(records, expires_at, now))
     }
 
     /// The addresses in `name`'s unexpired A and AAAA RRsets, whatever their rank (a server's
@@ -240,12 +254,7 @@ impl Cache {
         let inner = self.shard(&keys, 0);
         let mut addresses = Vec::new();
         for record_type in [RecordType::A, RecordType::AAAA] {
-            if let Some(Entry {
-                value: Value::Rrset { records, .. },
-                expires_at,
-            }) = inner.entries.get(keys.rrset(0, record_type))
-                && *expires_at > now
-            {
+            if let Some((records, _)) = inner.live_rrset(keys.rrset(0, record_type), now) {
                 addresses.extend(records.iter().filter_map(|record| match record.data {
                     RData::A(a) => Some(IpAddr::V4(a.0)),
                     RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
@@ -268,13 +277,7 @@ impl Cache {
                 .filter(|cut| cut.expires_at > now)
                 .map(|cut| cut.servers.clone());
             let servers = learned.or_else(|| {
-                let entry = inner
-                    .entries
-                    .get(keys.rrset(ancestor, RecordType::NS))
-                    .filter(|entry| entry.expires_at > now)?;
-                let Value::Rrset { records, .. } = &entry.value else {
-                    return None;
-                };
+                let (records, _) = inner.live_rrset(keys.rrset(ancestor, RecordType::NS), now)?;
                 let servers: Vec<Name> = records
                     .iter()
                     .filter_map(|record| match &record.data {
