@@ -53,23 +53,7 @@ pub fn build_query(
     let [id_high, id_low] = id.to_be_bytes();
     // ID; flags all clear (a standard query, RD off); one question, one additional (the OPT).
     query.extend_from_slice(&[id_high, id_low, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
-    for label in name.iter() {
-        let len = u8::try_from(label.len())
-            .ok()
-            .filter(|len| *len <= 63)
-            .ok_or_else(|| {
-                WireError::Encode(format!("label of {} bytes in {name}", label.len()))
-            })?;
-        query.push(len);
-        query.extend_from_slice(label);
-    }
-    query.push(0);
-    let name_len = query.len() - 12;
-    if name_len > 255 {
-        return Err(WireError::Encode(format!(
-            "name of {name_len} bytes: {name}"
-        )));
-    }
+    append_name(name, &mut query)?;
     query.extend_from_slice(&u16::from(record_type).to_be_bytes());
     query.extend_from_slice(&1u16.to_be_bytes()); // class IN
     // OPT (RFC 6891 6.1.2): root owner, type 41, the UDP size as class, TTL 0 (extended RCODE
@@ -78,6 +62,31 @@ pub fn build_query(
     query.extend_from_slice(&edns_buffer_size.to_be_bytes());
     query.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     Ok(query)
+}
+
+/// Append `name` uncompressed, its labels as they are (case kept) and the root's zero byte;
+/// returns how many bytes that took. Fails on a label over 63 bytes or a name over 255.
+pub(crate) fn append_name(name: &Name, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let start = out.len();
+    for label in name.iter() {
+        let len = u8::try_from(label.len())
+            .ok()
+            .filter(|len| *len <= 63)
+            .ok_or_else(|| {
+                WireError::Encode(format!("label of {} bytes in {name}", label.len()))
+            })?;
+        out.push(len);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    let name_len = out.len() - start;
+    if name_len > 255 {
+        out.truncate(start);
+        return Err(WireError::Encode(format!(
+            "name of {name_len} bytes: {name}"
+        )));
+    }
+    Ok(name_len)
 }
 
 /// Prefix a message with its 2-byte length for TCP (RFC 1035 4.2.2).

@@ -7,7 +7,11 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
 };
 
-use crate::{packet_cache::ParsedQuery, resolver::Resolution, wire::MAX_MESSAGE_LEN};
+use crate::{
+    packet_cache::ParsedQuery,
+    resolver::Resolution,
+    wire::{MAX_MESSAGE_LEN, append_name},
+};
 
 pub(crate) const HEADER_LEN: usize = 12;
 pub(crate) const RCODE_SERVFAIL: u8 = 2;
@@ -234,24 +238,19 @@ impl PointerTargets {
     /// (ignoring ASCII case) that ends a name written before, or all of it, remembered.
     fn write_owner(&mut self, owner: &Name, out: &mut Vec<u8>) -> Option<()> {
         let start = out.len();
-        let mut label_starts = [0usize; 128];
-        let mut labels = 0;
-        for label in owner.iter() {
-            *label_starts.get_mut(labels)? = out.len() - start;
-            labels += 1;
-            out.push(u8::try_from(label.len()).ok()?);
-            out.extend_from_slice(label);
-        }
-        out.push(0);
-        for &suffix_start in &label_starts[..labels] {
-            let suffix = start + suffix_start;
+        let len = append_name(owner, out).ok()?;
+        // Each suffix starts at a length byte of what was just written; the root's zero byte
+        // ends the walk (a lone root is not worth a pointer).
+        let mut suffix = start;
+        while let Some(&label_len) = out.get(suffix).filter(|label_len| **label_len != 0) {
             if let Some(pointer) = self.find(out, suffix) {
                 out.truncate(suffix);
                 out.extend_from_slice(&(0xc000 | pointer).to_be_bytes());
                 return Some(());
             }
+            suffix += 1 + usize::from(label_len);
         }
-        self.add(start, out.len() - start);
+        self.add(start, len);
         Some(())
     }
 
