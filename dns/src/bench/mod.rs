@@ -256,10 +256,8 @@ pub fn run(
             .map(|index| {
                 let shared = &shared;
                 let share = share_of(config.load, index, sockets);
-                // The answer log split like the load: an equal share each, the remainder to
-                // the first workers.
-                let log_limit = config.answer_log_limit / sockets
-                    + usize::from(index < config.answer_log_limit % sockets);
+                // The answer log split like the load.
+                let log_limit = even_share(config.answer_log_limit, index, sockets);
                 scope.spawn(move || worker::run(shared, share, log_limit))
             })
             .collect();
@@ -282,14 +280,16 @@ pub fn run(
     Ok(Report::new(config, start, end, total))
 }
 
+/// Part `index` of `total` split over `parts`: an equal share each, the remainder one apiece
+/// to the first parts.
+fn even_share(total: usize, index: usize, parts: usize) -> usize {
+    total / parts + usize::from(index < total % parts)
+}
+
 /// This socket's part of the load: outstanding queries, or queries per second.
 fn share_of(load: Load, index: usize, sockets: usize) -> worker::Share {
     match load {
-        Load::Concurrency(total) => {
-            let base = total / sockets;
-            let extra = usize::from(index < total % sockets);
-            worker::Share::Window(base + extra)
-        }
+        Load::Concurrency(total) => worker::Share::Window(even_share(total, index, sockets)),
         Load::Rate(total) => worker::Share::Rate(total as f64 / sockets as f64),
     }
 }
