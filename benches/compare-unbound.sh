@@ -10,11 +10,13 @@
 #           cold batch, so the batch time follows their sum);
 #   cached: ROUNDS alternating runs of dnsperf and `edgekit bench dns` on the now-warm cache.
 #   agreement: (AGREE=1, the default on 2+ CPUs) each server's threads moved to CPU 0 and the
-#           generators run on CPU 1, ROUNDS alternating runs of dnsperf and `edgekit bench dns`:
-#           with the server the bottleneck, both generators must read the same qps (within
-#           10%). The unpinned cached runs above are the server comparison, but there the
-#           generator shares the servers' two cores, so the two generators' figures differ by
-#           how much CPU each leaves to the server (docs/benchmarks.md, session 3).
+#           generators run on CPU 1, ROUNDS rounds of one run of dnsperf and one of `edgekit bench
+#           dns`, back to back, in alternating order: with the server the bottleneck, both
+#           generators must read the same qps (the median of the rounds' ratios within 10%; a
+#           round's ratio is free of the drift between rounds). The unpinned cached runs above
+#           are the server comparison, but there the generator shares the servers' two cores,
+#           so the two generators' figures differ by how much CPU each leaves to the server
+#           (docs/benchmarks.md, session 3).
 # Prints the medians, p99s (edgekit bench dns; dnsperf prints no percentiles) and the ratios,
 # and for every cached run the share of a core the server used, per server thread (how the
 # kernel's SO_REUSEPORT hash spread the generator's sockets over the server's).
@@ -384,7 +386,7 @@ measure() {
 }
 
 declare -A perf_qps bench_qps bench_p99 agree_perf agree_bench agree_perf_busy agree_bench_busy
-declare -A agree_perf_generator agree_bench_generator agree_perf_sleeps agree_bench_sleeps
+declare -A agree_perf_generator agree_bench_generator agree_perf_sleeps agree_bench_sleeps agree_ratios
 for round in $(seq 1 "$ROUNDS"); do
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
@@ -449,18 +451,29 @@ if [[ $AGREE == 1 ]]; then
         taskset -a -p -c 0 "${server_pid[$server]}" >/dev/null
         [[ -n $AGREE_CPU_QUOTA ]] && quota_on "${server_pid[$server]}" "$AGREE_CPU_QUOTA"
         for round in $(seq 1 "$AGREE_ROUNDS"); do
-            measure "$server" "$addr" dnsperf taskset -c 1
-            echo "agreement round $round $server (pinned) dnsperf: $run_qps qps, lost $run_lost; server CPU $run_server, slept $run_sleeps times per 1000 queries, generator CPU $run_generator$run_syscalls"
-            agree_perf_sleeps[$server]+="$run_sleeps "
-            agree_perf[$server]+="$run_qps "
-            agree_perf_busy[$server]+="${run_server%%%*} "
-            agree_perf_generator[$server]+="${run_generator%\%} "
-            measure "$server" "$addr" edgekit taskset -c 1
-            echo "agreement round $round $server (pinned) edgekit bench dns: $run_qps qps, lost $run_lost; server CPU $run_server, slept $run_sleeps times per 1000 queries, generator CPU $run_generator$run_syscalls"
-            agree_bench_sleeps[$server]+="$run_sleeps "
-            agree_bench[$server]+="$run_qps "
-            agree_bench_busy[$server]+="${run_server%%%*} "
-            agree_bench_generator[$server]+="${run_generator%\%} "
+            # The order alternates, so a drift within a round favours neither generator.
+            order=(dnsperf edgekit); ((round % 2 == 0)) && order=(edgekit dnsperf)
+            for generator in "${order[@]}"; do
+                measure "$server" "$addr" "$generator" taskset -c 1
+                name=dnsperf; [[ $generator == edgekit ]] && name="edgekit bench dns"
+                echo "agreement round $round $server (pinned) $name: $run_qps qps, lost $run_lost; server CPU $run_server, slept $run_sleeps times per 1000 queries, generator CPU $run_generator$run_syscalls"
+                if [[ $generator == dnsperf ]]; then
+                    agree_perf_sleeps[$server]+="$run_sleeps "
+                    agree_perf[$server]+="$run_qps "
+                    agree_perf_busy[$server]+="${run_server%%%*} "
+                    agree_perf_generator[$server]+="${run_generator%\%} "
+                    perf_round_qps=$run_qps
+                else
+                    agree_bench_sleeps[$server]+="$run_sleeps "
+                    agree_bench[$server]+="$run_qps "
+                    agree_bench_busy[$server]+="${run_server%%%*} "
+                    agree_bench_generator[$server]+="${run_generator%\%} "
+                    bench_round_qps=$run_qps
+                fi
+            done
+            # A round's two runs are back to back, so their ratio cancels the drift between
+            # rounds that the ratio of each generator's medians keeps.
+            agree_ratios[$server]+="$(awk -v a="$bench_round_qps" -v b="$perf_round_qps" 'BEGIN {printf "%.3f", a / b}') "
         done
         quota_off
         taskset -a -p -c "$all_cpus" "${server_pid[$server]}" >/dev/null
@@ -493,9 +506,9 @@ if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
     echo "agreement check (servers with $THREADS thread(s) on CPU 0${AGREE_CPU_QUOTA:+, capped at $AGREE_CPU_QUOTA% of it}; generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $AGREE_ROUNDS):"
     for server in unbound edgekit; do
         p=$(median ${agree_perf[$server]}); b=$(median ${agree_bench[$server]})
-        r=$(ratio "$b" "$p")
+        r=$(median ${agree_ratios[$server]})
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps, ratio $r ($verdict); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core, server slept $(median ${agree_perf_sleeps[$server]}) / $(median ${agree_bench_sleeps[$server]}) times per 1000 queries"
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict), per-round ratios ${agree_ratios[$server]}, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core, server slept $(median ${agree_perf_sleeps[$server]}) / $(median ${agree_bench_sleeps[$server]}) times per 1000 queries"
         awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" -v limit="$limit" 'BEGIN {
             if (s < 0.95 * limit || t < 0.95 * limit)
                 print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"
