@@ -7,9 +7,9 @@
 #
 # What makes the check fair (docs/benchmarks.md, "DNS load generator", session 3):
 # - The same outstanding-query count and shape: CONCURRENCY queries in total over SOCKETS
-#   sockets, each driven by its own thread (dnsperf -q CONCURRENCY -c SOCKETS -T SOCKETS,
-#   edgekit --concurrency CONCURRENCY --sockets SOCKETS; dnsperf splits -q and -c per thread as
-#   edgekit splits --concurrency per socket).
+#   sockets, each driven by a sender and a receiver thread (dnsperf -q CONCURRENCY -c SOCKETS
+#   -T SOCKETS, edgekit --concurrency CONCURRENCY --sockets SOCKETS; dnsperf splits -q and -c
+#   per thread pair as edgekit splits --concurrency per socket).
 # - The server must be the bottleneck. With PIN=1 (the default on 2 or more CPUs) Unbound runs on
 #   CPU 0 and the generators on CPU 1, so the generator cannot take CPU from the server. The
 #   script prints the share of its core the server used in every run ("server busy"): only runs
@@ -20,9 +20,8 @@
 #   and run time of both are printed.
 #
 # Environment: ROUNDS (3), DURATION seconds per run (10), CONCURRENCY outstanding (64),
-# SOCKETS (4), UNBOUND_THREADS (1), ADDR (127.0.0.53), PORT (5300), RECEIVE_BATCH (32:
-# `edgekit bench dns --receive-batch`; 1 offers dnsperf's arrival pattern, which matters for a
-# server that reads queries in batches, such as edgekit's: docs/benchmarks.md, session 4),
+# SOCKETS (4), UNBOUND_THREADS (1), ADDR (127.0.0.53), PORT (5300), RECEIVE_BATCH (16:
+# `edgekit bench dns --receive-batch`, replies a receiver takes per call; 16 is dnsperf's),
 # EDGEKIT (path to a built edgekit; default: cargo build --release -p edgekit),
 # PIN (1 on 2+ CPUs: server on CPU 0, generators on CPU 1; PIN=0: nothing pinned, the
 # generator shares the server's cores and the figures say more about CPU sharing than about
@@ -39,7 +38,7 @@ SOCKETS=${SOCKETS:-4}
 UNBOUND_THREADS=${UNBOUND_THREADS:-1}
 ADDR=${ADDR:-127.0.0.53}
 PORT=${PORT:-5300}
-RECEIVE_BATCH=${RECEIVE_BATCH:-32}
+RECEIVE_BATCH=${RECEIVE_BATCH:-16}
 if [[ -z ${PIN:-} ]]; then
     PIN=0; (($(nproc) >= 2)) && PIN=1
 fi

@@ -33,7 +33,8 @@
 # agreement runs restart both servers with this many threads), AGREE_CPU_QUOTA (unset: a
 # percentage of one core the server may use in the agreement runs, set with a cgroup quota),
 # SYSCALLS (0; 1: count the server's system calls per query in the agreement runs, with perf),
-# RECEIVE_BATCH (32: `edgekit bench dns --receive-batch`; 1 offers dnsperf's arrival pattern).
+# RECEIVE_BATCH (16: `edgekit bench dns --receive-batch`, replies a receiver takes per call;
+# 16 is dnsperf's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib.sh
@@ -53,7 +54,7 @@ AGREE_ROUNDS=${AGREE_ROUNDS:-$ROUNDS}
 AGREE_THREADS=${AGREE_THREADS:-$THREADS}
 AGREE_CPU_QUOTA=${AGREE_CPU_QUOTA:-}
 SYSCALLS=${SYSCALLS:-0}
-RECEIVE_BATCH=${RECEIVE_BATCH:-32}
+RECEIVE_BATCH=${RECEIVE_BATCH:-16}
 NET=127.0.54
 UNBOUND_ADDR=$NET.10
 EDGEKIT_ADDR=$NET.11

@@ -33,6 +33,9 @@ struct Responder {
     dropped: Arc<AtomicU64>,
     /// The most complete TCP frames one read returned (pipelining shows as more than one).
     max_frames_per_read: Arc<AtomicUsize>,
+    /// UDP queries received and not yet answered, and the most there ever were.
+    in_flight: Arc<AtomicU64>,
+    max_in_flight: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -67,6 +70,8 @@ impl Responder {
             received: Arc::default(),
             dropped: Arc::default(),
             max_frames_per_read: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
             stop: Arc::default(),
             threads: Vec::new(),
         }
@@ -84,6 +89,8 @@ impl Responder {
             responder.dropped.clone(),
             responder.stop.clone(),
         );
+        let (in_flight, max_in_flight) =
+            (responder.in_flight.clone(), responder.max_in_flight.clone());
         responder.threads.push(std::thread::spawn(move || {
             let socket = Arc::new(socket);
             let mut buffer = [0u8; 4096];
@@ -102,14 +109,20 @@ impl Responder {
                 let Some(reply) = reply_to(&buffer[..length]) else {
                     continue;
                 };
+                let now_in_flight = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                max_in_flight.fetch_max(now_in_flight, Ordering::Relaxed);
                 match behaviour.delay {
                     None => {
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
                         let _ = socket.send_to(&reply, peer);
                     }
                     Some(delay) => {
                         let socket = socket.clone();
+                        let in_flight = in_flight.clone();
                         std::thread::spawn(move || {
                             std::thread::sleep(delay);
+                            // Before the send: once sent, the generator may send the next one.
+                            in_flight.fetch_sub(1, Ordering::Relaxed);
                             let _ = socket.send_to(&reply, peer);
                         });
                     }
@@ -242,6 +255,23 @@ fn udp_count_is_bounded_and_counts_add_up() {
     assert!(latency.p90 <= latency.p99 && latency.p99 <= latency.p99_9);
     assert!(latency.p99_9 <= latency.max && latency.max > 0.0);
     assert!(report.qps > 0.0);
+}
+
+#[test]
+fn udp_window_is_filled_and_never_exceeded() {
+    // Every reply 20 ms late: each socket's sender has its whole share out long before the
+    // first reply frees a slot, and may send the next query only when one does.
+    let responder = Responder::udp(Behaviour {
+        drop_every: None,
+        delay: Some(Duration::from_millis(20)),
+    });
+    let mut config = config(responder.addr, Stop::Count(96));
+    config.load = Load::Concurrency(12);
+    config.sockets = 3;
+    let report = run(&config);
+
+    assert_eq!((report.sent, report.answered, report.lost), (96, 96, 0));
+    assert_eq!(responder.max_in_flight.load(Ordering::Relaxed), 12);
 }
 
 #[test]

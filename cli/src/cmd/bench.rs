@@ -53,17 +53,17 @@ pub(crate) struct BenchDnsArgs {
     /// A query without a reply within this long counts as lost (dnsperf's -t).
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub(crate) timeout: humantime::Duration,
-    /// UDP sockets (or TCP connections) to spread the queries over, each with its own thread and
-    /// an equal share of --concurrency: the same load as dnsperf -c N -T N. On a small machine,
+    /// UDP sockets (or TCP connections) to spread the queries over, each with its own threads
+    /// (a sender and a receiver per UDP socket) and an equal share of --concurrency: the same
+    /// load as dnsperf -c N -T N. On a small machine,
     /// pin the server and this generator to different cores (taskset) when comparing servers,
     /// or the generator's own CPU use decides the result.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) sockets: usize,
-    /// Most UDP replies read per system call, 1 to 32. Each socket's thread sends as many
-    /// queries as it read replies, so 1 spreads the queries out as dnsperf does (one reply read,
-    /// one query sent); a server that reads queries in batches is cheaper per query under the
-    /// burstier default, so use 1 when comparing with dnsperf on such a server.
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    /// Most UDP replies a socket's receiver thread takes per system call, 1 to 32. The default
+    /// is dnsperf's batch; the receiver frees each batch's slots to the sender at once, so a
+    /// larger batch makes the load burstier.
+    #[arg(long, value_name = "N", default_value_t = edgekit_dns::bench::DEFAULT_RECEIVE_BATCH)]
     pub(crate) receive_batch: usize,
     /// Write every answered query as CSV, in the order sent: when it was sent (microseconds
     /// after the start), its latency (microseconds), rcode, name and type. A stall in the

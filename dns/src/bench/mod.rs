@@ -19,9 +19,11 @@
 //! # }
 //! ```
 //!
-//! It runs on plain OS threads with blocking sockets, one per socket or connection: no async
-//! runtime sits between the clock and the wire, which keeps the generator cheap enough not to be
-//! the bottleneck on the small machines it shares with the server it measures.
+//! It runs on plain OS threads with blocking sockets: no async runtime sits between the clock
+//! and the wire, which keeps the generator cheap enough not to be the bottleneck on the small
+//! machines it shares with the server it measures. Each UDP socket has a sender and a receiver
+//! thread, as in dnsperf, so that the two tools load a server the same way and read the same
+//! qps from it; each TCP connection has one thread.
 
 mod plot;
 mod query_file;
@@ -42,6 +44,9 @@ pub use query_file::{BenchQuery, QueryFileError, load_query_file, parse_query_fi
 pub use report::{AnsweredQuery, LatencySummary, Report};
 
 use worker::{RECEIVE_BATCH as MAX_RECEIVE_BATCH, Shared, WorkerStats};
+
+/// Replies a UDP receiver takes per system call unless told otherwise: dnsperf's batch.
+pub const DEFAULT_RECEIVE_BATCH: usize = 16;
 
 /// How queries reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -88,13 +93,13 @@ pub struct BenchConfig {
     pub stop: Stop,
     /// A query not answered within this is counted as lost; a later reply is ignored.
     pub timeout: Duration,
-    /// UDP sockets or TCP connections to spread the load over, each served by its own thread.
+    /// UDP sockets or TCP connections to spread the load over, each served by its own threads
+    /// (a sender and a receiver per UDP socket, one thread per TCP connection).
     pub sockets: usize,
-    /// Most UDP replies read per system call (1 to 32; default 32). Each thread sends as many
-    /// queries as it read replies, so this sets how bursty the load is: 1 reads one reply and
-    /// sends one query at a time, spreading the queries out as dnsperf's separate sender and
-    /// receiver threads do. A server that reads in batches is cheaper per query under burstier
-    /// load, so two generators agree on such a server only with the same setting.
+    /// Most UDP replies a socket's receiver thread takes per system call (1 to 32; default 16,
+    /// as many as dnsperf's receiver takes before it frees their slots). The receiver frees
+    /// the slots of each batch to the sender at once, so a larger batch makes the load
+    /// burstier.
     pub receive_batch: usize,
     /// Keep up to this many answered queries' send times, latencies and rcodes in
     /// [`Report::answered_queries`] (32 bytes each; 0, the default, keeps none). For
@@ -107,8 +112,8 @@ pub struct BenchConfig {
 impl BenchConfig {
     /// UDP, 64 queries outstanding in total over 4 sockets, 5 s timeout: the load of
     /// `dnsperf -q 64 -c 4 -T 4 -t 5` (dnsperf's own defaults are 100 outstanding on one
-    /// socket). Each socket has its own thread and an equal share of the outstanding queries, as
-    /// dnsperf splits `-q` and `-c` over its `-T` threads.
+    /// socket). Each socket has its own sender and receiver threads and an equal share of the
+    /// outstanding queries, as dnsperf splits `-q` and `-c` over its `-T` thread pairs.
     pub fn new(server: SocketAddr, stop: Stop) -> Self {
         Self {
             server,
@@ -117,7 +122,7 @@ impl BenchConfig {
             stop,
             timeout: Duration::from_secs(5),
             sockets: 4,
-            receive_batch: MAX_RECEIVE_BATCH,
+            receive_batch: DEFAULT_RECEIVE_BATCH,
             answer_log_limit: 0,
         }
     }
@@ -226,7 +231,7 @@ impl LiveStats {
     }
 }
 
-/// Run the benchmark to completion on the calling thread (plus one thread per socket).
+/// Run the benchmark to completion on the calling thread (plus the sockets' threads).
 ///
 /// Returns when sending has stopped and every query has been answered or has timed out, so
 /// `sent == answered + lost` always holds in the report.
