@@ -386,8 +386,9 @@ measure() {
     run_generator=$(awk '{printf "%.0f%%", ($1 + $2) / $3 * 100}' "$work/generator-cpu")
 }
 
-declare -A perf_qps bench_qps bench_p99 agree_perf agree_bench agree_perf_busy agree_bench_busy
-declare -A agree_perf_generator agree_bench_generator agree_perf_sleeps agree_bench_sleeps agree_ratios
+declare -A perf_qps bench_qps bench_p99
+# Agreement runs, keyed "server/generator" (generator: dnsperf or edgekit); ratios by server.
+declare -A agree_qps agree_busy agree_generator agree_sleeps round_qps agree_ratios
 for round in $(seq 1 "$ROUNDS"); do
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
@@ -458,23 +459,15 @@ if [[ $AGREE == 1 ]]; then
                 measure "$server" "$addr" "$generator" taskset -c 1
                 name=dnsperf; [[ $generator == edgekit ]] && name="edgekit bench dns"
                 echo "agreement round $round $server (pinned) $name: $run_qps qps, lost $run_lost; server CPU $run_server, slept $run_sleeps times per 1000 queries, generator CPU $run_generator$run_syscalls"
-                if [[ $generator == dnsperf ]]; then
-                    agree_perf_sleeps[$server]+="$run_sleeps "
-                    agree_perf[$server]+="$run_qps "
-                    agree_perf_busy[$server]+="${run_server%%%*} "
-                    agree_perf_generator[$server]+="${run_generator%\%} "
-                    perf_round_qps=$run_qps
-                else
-                    agree_bench_sleeps[$server]+="$run_sleeps "
-                    agree_bench[$server]+="$run_qps "
-                    agree_bench_busy[$server]+="${run_server%%%*} "
-                    agree_bench_generator[$server]+="${run_generator%\%} "
-                    bench_round_qps=$run_qps
-                fi
+                agree_sleeps[$server/$generator]+="$run_sleeps "
+                agree_qps[$server/$generator]+="$run_qps "
+                agree_busy[$server/$generator]+="${run_server%%%*} "
+                agree_generator[$server/$generator]+="${run_generator%\%} "
+                round_qps[$generator]=$run_qps
             done
             # A round's two runs are back to back, so their ratio cancels the drift between
             # rounds that the ratio of each generator's medians keeps.
-            agree_ratios[$server]+="$(awk -v a="$bench_round_qps" -v b="$perf_round_qps" 'BEGIN {printf "%.3f", a / b}') "
+            agree_ratios[$server]+="$(awk -v a="${round_qps[edgekit]}" -v b="${round_qps[dnsperf]}" 'BEGIN {printf "%.3f", a / b}') "
         done
         quota_off
         taskset -a -p -c "$all_cpus" "${server_pid[$server]}" >/dev/null
@@ -506,11 +499,11 @@ if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
     [[ -n $AGREE_CPU_QUOTA ]] && limit=$AGREE_CPU_QUOTA
     echo "agreement check (servers with $THREADS thread(s) on CPU 0${AGREE_CPU_QUOTA:+, capped at $AGREE_CPU_QUOTA% of it}; generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $AGREE_ROUNDS):"
     for server in unbound edgekit; do
-        p=$(median ${agree_perf[$server]}); b=$(median ${agree_bench[$server]})
+        p=$(median ${agree_qps[$server/dnsperf]}); b=$(median ${agree_qps[$server/edgekit]})
         r=$(median ${agree_ratios[$server]})
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict), per-round ratios ${agree_ratios[$server]}, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_perf_busy[$server]})% / $(median ${agree_bench_busy[$server]})% of one core (limit $limit%), generator busy $(median ${agree_perf_generator[$server]})% / $(median ${agree_bench_generator[$server]})% of its core, server slept $(median ${agree_perf_sleeps[$server]}) / $(median ${agree_bench_sleeps[$server]}) times per 1000 queries"
-        awk -v s="$(median ${agree_perf_busy[$server]})" -v t="$(median ${agree_bench_busy[$server]})" -v limit="$limit" 'BEGIN {
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict), per-round ratios ${agree_ratios[$server]}, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_busy[$server/dnsperf]})% / $(median ${agree_busy[$server/edgekit]})% of one core (limit $limit%), generator busy $(median ${agree_generator[$server/dnsperf]})% / $(median ${agree_generator[$server/edgekit]})% of its core, server slept $(median ${agree_sleeps[$server/dnsperf]}) / $(median ${agree_sleeps[$server/edgekit]}) times per 1000 queries"
+        awk -v s="$(median ${agree_busy[$server/dnsperf]})" -v t="$(median ${agree_busy[$server/edgekit]})" -v limit="$limit" 'BEGIN {
             if (s < 0.95 * limit || t < 0.95 * limit)
                 print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"
             else
