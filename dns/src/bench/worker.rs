@@ -430,12 +430,12 @@ impl TcpLink {
         })
     }
 
-    /// Queue one query; `flush` writes the queued ones together.
-    fn queue(wire: &[u8], write_buffer: &mut Vec<u8>) {
+    /// Queue one query under `id`; `flush` writes the queued ones together.
+    fn queue(wire: &[u8], id: u16, write_buffer: &mut Vec<u8>) {
         // Queries come from our own encoder and are far below 64 KiB.
         let length = u16::try_from(wire.len()).unwrap_or(u16::MAX);
         write_buffer.extend_from_slice(&length.to_be_bytes());
-        write_buffer.extend_from_slice(wire);
+        append_with_id(write_buffer, wire, id);
     }
 
     /// Write the queued queries in one go (pipelining).
@@ -576,6 +576,16 @@ fn record_answer(
     }
     stats.answered += 1;
     stats.last_answer = Some(answered_at);
+}
+
+/// Append the query `wire` to `buffer` with its ID replaced by `id`. A `wire` too short to
+/// hold an ID (only a hand-built [`BenchQuery`] can be) goes out as it is.
+fn append_with_id(buffer: &mut Vec<u8>, wire: &[u8], id: u16) {
+    let at = buffer.len();
+    buffer.extend_from_slice(wire);
+    if let Some(id_bytes) = buffer.get_mut(at..at + 2) {
+        id_bytes.copy_from_slice(&id.to_be_bytes());
+    }
 }
 
 /// The ID and rcode of a DNS reply, or `None` for anything else (too short, or the QR bit
@@ -774,8 +784,7 @@ fn send_udp(
         let id = guard.outstanding.add(now, query_index);
         drop(guard);
         query_buffer.clear();
-        query_buffer.extend_from_slice(&query.wire);
-        query_buffer[..2].copy_from_slice(&id.to_be_bytes());
+        append_with_id(&mut query_buffer, &query.wire, id);
         sent.sent += 1;
         local.unpublished_sent += 1;
         if let Err(err) = socket.send(&query_buffer) {
@@ -803,7 +812,6 @@ fn run_tcp(
     let link = TcpLink::open(config.server, tick);
     let mut stats = prepared_stats(config, answer_log_limit);
     let mut outstanding = Outstanding::new();
-    let mut query_buffer = Vec::with_capacity(512);
     let mut write_buffer = Vec::new();
     let mut batch = ReplyBatch::new();
     shared.ready.wait();
@@ -845,12 +853,9 @@ fn run_tcp(
                 paced_sends += 1;
                 // One clock read per burst: the writes of a burst leave together.
                 let id = outstanding.add(now, query_index);
-                query_buffer.clear();
-                query_buffer.extend_from_slice(&query.wire);
-                query_buffer[..2].copy_from_slice(&id.to_be_bytes());
                 stats.sent += 1;
                 local.unpublished_sent += 1;
-                TcpLink::queue(&query_buffer, &mut write_buffer);
+                TcpLink::queue(&query.wire, id, &mut write_buffer);
             }
             if let Err(err) = link.flush(&mut write_buffer) {
                 if !is_disconnect(&err) {
