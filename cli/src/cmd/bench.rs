@@ -55,9 +55,9 @@ pub(crate) struct BenchDnsArgs {
     pub(crate) timeout: humantime::Duration,
     /// UDP sockets (or TCP connections) to spread the queries over, each with its own threads
     /// (a sender and a receiver per UDP socket) and an equal share of --concurrency: the same
-    /// load as dnsperf -c N -T N. On a small machine,
-    /// pin the server and this generator to different cores (taskset) when comparing servers,
-    /// or the generator's own CPU use decides the result.
+    /// load as dnsperf -c N -T N. On a small machine, pin the server and this generator to
+    /// different cores (taskset) when comparing servers, or the generator's own CPU use decides
+    /// the result.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) sockets: usize,
     /// Most UDP replies a socket's receiver thread takes per system call, 1 to 32. The default

@@ -206,6 +206,9 @@ pub enum BenchError {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// The operating system would not start one of the generator's threads.
+    #[error("cannot start a load generator thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Counters a caller can read while a run is going, e.g. to draw a progress bar.

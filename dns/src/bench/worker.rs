@@ -17,8 +17,9 @@ use hdrhistogram::Histogram;
 
 use super::{AnsweredQuery, BenchConfig, BenchError, BenchQuery, LiveStats, Transport};
 
-/// How long a blocking receive waits before the loop looks at the clock again. Short enough that
-/// timeouts and paced sends stay accurate; long enough not to spin.
+/// How long a worker waits for a reply (or a UDP sender for a free slot) before it looks at the
+/// clock again. Short enough that timeouts and paced sends stay accurate; long enough not to
+/// spin.
 const CLOSED_LOOP_TICK: Duration = Duration::from_millis(10);
 const OPEN_LOOP_TICK: Duration = Duration::from_millis(1);
 /// Never have more queries outstanding on one socket than there are IDs to tell them apart.
@@ -102,6 +103,20 @@ impl Local {
             unpublished_sent: 0,
             unpublished_answered: 0,
             published_at: start,
+        }
+    }
+
+    /// Whether [`Self::next_query`] would give nothing more: the run is past its deadline, or
+    /// this worker's tickets and the shared ones are used up.
+    fn exhausted(&self, shared: &Shared<'_>, now: Instant) -> bool {
+        if shared.deadline().is_some_and(|deadline| now >= deadline) {
+            return true;
+        }
+        match shared.config.stop {
+            super::Stop::Count(limit) => {
+                self.tickets.is_empty() && shared.tickets.load(Ordering::Relaxed) >= limit
+            }
+            super::Stop::Duration(_) => false,
         }
     }
 
@@ -603,8 +618,24 @@ fn reply_header(message: &[u8]) -> Option<(u16, u8)> {
 /// What a UDP worker's sender and receiver share.
 struct UdpState {
     outstanding: Outstanding,
-    /// Set by the sender once it has sent its last query.
+    /// Set once the sender will send no more: it has sent its last query, or the receiver has
+    /// stopped (failed).
     done_sending: bool,
+}
+
+/// Marks the sending done when dropped, and wakes the sender to see it: each half of a UDP
+/// worker holds one, so that however one half ends, even by a panic, the other does not wait
+/// for it for ever.
+struct MarkDoneOnDrop<'a> {
+    state: &'a parking_lot::Mutex<UdpState>,
+    slot_freed: &'a parking_lot::Condvar,
+}
+
+impl Drop for MarkDoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.state.lock().done_sending = true;
+        self.slot_freed.notify_one();
+    }
 }
 
 /// One UDP socket, driven the way dnsperf drives each of its sockets: a sender thread fills the
@@ -627,7 +658,10 @@ fn run_udp(
     let tick = tick_for(share);
     // Every worker reaches the barrier, even one whose socket failed, or the others would wait
     // for it for ever; the error is returned after.
-    let socket = open_udp(config.server);
+    let (socket, open_error) = match open_udp(config.server) {
+        Ok(socket) => (Some(socket), None),
+        Err(err) => (None, Some(err)),
+    };
     let mut stats = prepared_stats(config, answer_log_limit);
     let state = parking_lot::Mutex::new(UdpState {
         outstanding: Outstanding::new(),
@@ -635,76 +669,87 @@ fn run_udp(
     });
     let slot_freed = parking_lot::Condvar::new();
     let mut batch = ReplyBatch::new();
-    shared.ready.wait();
-    let socket = socket?;
-    let start = shared.start();
-    let io_error = |source| BenchError::Io {
-        server: config.server,
-        source,
-    };
+    // The sender starts before the clock, like the rest of the set-up, and waits here until
+    // every worker is ready.
+    let go = Barrier::new(2);
 
     std::thread::scope(|scope| {
-        let sender = std::thread::Builder::new()
-            .name("bench-udp-send".into())
-            .spawn_scoped(scope, || {
-                send_udp(shared, share, &socket, &state, &slot_freed)
-            })
-            .map_err(io_error)?;
+        let sender = socket.as_ref().map(|socket| {
+            std::thread::Builder::new()
+                .name("bench-udp-send".into())
+                .spawn_scoped(scope, || {
+                    go.wait();
+                    send_udp(shared, share, socket, &state, &slot_freed)
+                })
+        });
+        shared.ready.wait();
+        let (socket, sender) = match (socket.as_ref(), sender) {
+            (Some(socket), Some(Ok(sender))) => (socket, sender),
+            (_, Some(Err(err))) => return Err(BenchError::Thread(err)),
+            _ => return Err(open_error.unwrap_or_else(|| unreachable!("no socket, no error"))),
+        };
+        go.wait();
+        let start = shared.start();
         let mut receiver = Local::new(start);
         let mut matched: Vec<(Pending, u8)> = Vec::with_capacity(RECEIVE_BATCH);
-        let outcome = loop {
-            let now = Instant::now();
-            receiver.publish_every(shared.live, now);
-            if let Some(cutoff) = now.checked_sub(config.timeout) {
-                let expired = state.lock().outstanding.expire(cutoff);
-                if expired > 0 {
-                    slot_freed.notify_one();
-                    record_lost(&mut stats, shared.live, expired);
-                }
-            }
-            let received = match receive_queued_datagrams(&socket, &mut batch, config.receive_batch)
-            {
-                Ok(received) => received,
-                Err(err) => break Err(io_error(err)),
+        let outcome = {
+            // Stops the sender if this loop ends early (an error, or a panic).
+            let _stop_sender = MarkDoneOnDrop {
+                state: &state,
+                slot_freed: &slot_freed,
             };
-            let answered_at = Instant::now();
-            matched.clear();
-            let finished = {
-                let mut state = state.lock();
-                for (id, rcode) in batch.replies().filter_map(reply_header) {
-                    match state.outstanding.take(id) {
-                        Some(pending) => matched.push((pending, rcode)),
-                        None => stats.late_replies += 1,
+            loop {
+                let now = Instant::now();
+                receiver.publish_every(shared.live, now);
+                let received =
+                    match receive_queued_datagrams(socket, &mut batch, config.receive_batch) {
+                        Ok(received) => received,
+                        Err(source) => {
+                            break Err(BenchError::Io {
+                                server: config.server,
+                                source,
+                            });
+                        }
+                    };
+                let answered_at = Instant::now();
+                matched.clear();
+                let (expired, finished) = {
+                    let mut state = state.lock();
+                    let expired = now
+                        .checked_sub(config.timeout)
+                        .map_or(0, |cutoff| state.outstanding.expire(cutoff));
+                    for (id, rcode) in batch.replies().filter_map(reply_header) {
+                        match state.outstanding.take(id) {
+                            Some(pending) => matched.push((pending, rcode)),
+                            None => stats.late_replies += 1,
+                        }
                     }
+                    (expired, state.done_sending && state.outstanding.count == 0)
+                };
+                if expired > 0 || !matched.is_empty() {
+                    slot_freed.notify_one();
                 }
-                state.done_sending && state.outstanding.count == 0
-            };
-            if !matched.is_empty() {
-                slot_freed.notify_one();
-            }
-            for &(pending, rcode) in &matched {
-                record_answer(
-                    &mut stats,
-                    pending,
-                    rcode,
-                    answered_at,
-                    start,
-                    answer_log_limit,
-                );
-            }
-            receiver.unpublished_answered += matched.len() as u64;
-            if finished {
-                break Ok(());
-            }
-            if received < config.receive_batch {
-                wait_readable(&socket, tick);
+                record_lost(&mut stats, shared.live, expired);
+                for &(pending, rcode) in &matched {
+                    record_answer(
+                        &mut stats,
+                        pending,
+                        rcode,
+                        answered_at,
+                        start,
+                        answer_log_limit,
+                    );
+                }
+                receiver.unpublished_answered += matched.len() as u64;
+                if finished {
+                    break Ok(());
+                }
+                if received < config.receive_batch {
+                    wait_readable(socket, tick);
+                }
             }
         };
         receiver.publish(shared.live);
-        if outcome.is_err() {
-            // The sender stops at its next look at the state.
-            state.lock().done_sending = true;
-        }
         let sent = sender
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -748,7 +793,10 @@ fn send_udp(
     state: &parking_lot::Mutex<UdpState>,
     slot_freed: &parking_lot::Condvar,
 ) -> Sent {
+    // Tells the receiver there is nothing more to wait for, however this ends.
+    let _done = MarkDoneOnDrop { state, slot_freed };
     let start = shared.start();
+    let tick = tick_for(share);
     let mut local = Local::new(start);
     let mut query_buffer = Vec::with_capacity(512);
     let mut sent = Sent { sent: 0, lost: 0 };
@@ -763,22 +811,33 @@ fn send_udp(
             // Sends owed by now on a fixed schedule, so a slow loop catches up.
             let owed = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
             if sent.sent >= owed {
+                if local.exhausted(shared, now) {
+                    break;
+                }
                 let next_due = start + Duration::from_secs_f64(sent.sent as f64 / rate);
-                std::thread::sleep(next_due.saturating_duration_since(now).min(OPEN_LOOP_TICK));
+                // At most a closed-loop tick, so a slow rate still sees the deadline in time.
+                std::thread::sleep(
+                    next_due
+                        .saturating_duration_since(now)
+                        .min(CLOSED_LOOP_TICK),
+                );
                 continue;
             }
         }
         let mut guard = state.lock();
         if guard.done_sending {
-            // The receiver failed.
+            // The receiver has stopped.
             break;
         }
         if guard.outstanding.count >= window {
-            slot_freed.wait_for(&mut guard, tick_for(share));
+            // Said now, not when a slot frees, so the receiver can finish on the last reply.
+            if local.exhausted(shared, now) {
+                break;
+            }
+            slot_freed.wait_for(&mut guard, tick);
             continue;
         }
         let Some((query_index, query)) = local.next_query(shared, now) else {
-            guard.done_sending = true;
             break;
         };
         let id = guard.outstanding.add(now, query_index);
@@ -790,10 +849,14 @@ fn send_udp(
         if let Err(err) = socket.send(&query_buffer) {
             // A refused or dropped datagram is a lost query, not a failed run.
             tracing::debug!(error = %err, "send failed; counting the query as lost");
-            if state.lock().outstanding.take(id).is_some() {
+            let mut guard = state.lock();
+            if guard.outstanding.take(id).is_some() {
                 sent.lost += 1;
                 shared.live.lost.fetch_add(1, Ordering::Relaxed);
             }
+            // A send that fails at once frees its slot at once: without a pause, a socket that
+            // keeps failing (no route, a firewall) would spin through the query file.
+            slot_freed.wait_for(&mut guard, tick);
         }
     }
     local.publish(shared.live);
