@@ -58,17 +58,17 @@ impl Shared<'_> {
         *self.started.get_or_init(Instant::now)
     }
 
-    /// When a `--duration` run stops sending.
-    fn deadline(&self) -> Option<Instant> {
+    /// Whether a `--duration` run has reached the time it stops sending.
+    fn past_deadline(&self, now: Instant) -> bool {
         match self.config.stop {
-            super::Stop::Duration(duration) => Some(self.start() + duration),
-            super::Stop::Count(_) => None,
+            super::Stop::Duration(duration) => now >= self.start() + duration,
+            super::Stop::Count(_) => false,
         }
     }
 
     /// Claim the next tickets, or `None` once the run has sent enough or run long enough.
     fn claim(&self, now: Instant) -> Option<std::ops::Range<u64>> {
-        if self.deadline().is_some_and(|deadline| now >= deadline) {
+        if self.past_deadline(now) {
             return None;
         }
         let start = self.tickets.fetch_add(TICKET_CHUNK, Ordering::Relaxed);
@@ -109,7 +109,7 @@ impl Local {
     /// Whether [`Self::next_query`] would give nothing more: the run is past its deadline, or
     /// this worker's tickets and the shared ones are used up.
     fn exhausted(&self, shared: &Shared<'_>, now: Instant) -> bool {
-        if shared.deadline().is_some_and(|deadline| now >= deadline) {
+        if shared.past_deadline(now) {
             return true;
         }
         match shared.config.stop {
@@ -134,7 +134,7 @@ impl Local {
         shared: &'q Shared<'_>,
         now: Instant,
     ) -> Option<(usize, &'q BenchQuery)> {
-        if shared.deadline().is_some_and(|deadline| now >= deadline) {
+        if shared.past_deadline(now) {
             return None;
         }
         if self.tickets.is_empty() {
