@@ -24,8 +24,9 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per cached run (10), CONCURRENCY outstanding (64),
 # SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release),
-# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (1: how many times both
-# servers are restarted for the cold batch; medians are printed), ROUNDS=0 for the cold batch only,
+# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (11: how many times both
+# servers are restarted for the cold batch; medians are printed, and the per-run ratio's median
+# with a 95% interval, which needs 6 or more), ROUNDS=0 for the cold batch only,
 # HOSTS (1000: names in the leaf zone; the query file has 1.35 per host), COLD_CONCURRENCY (16:
 # questions outstanding in the cold batch), COLD_SOCKETS (4: generator sockets they are spread
 # over; more sockets make an uneven SO_REUSEPORT spread over the server's threads rarer, at
@@ -46,7 +47,7 @@ CONCURRENCY=${CONCURRENCY:-64}
 SOCKETS=${SOCKETS:-4}
 THREADS=${THREADS:-2}
 COLD_THREADS=$THREADS
-COLD_RUNS=${COLD_RUNS:-1}
+COLD_RUNS=${COLD_RUNS:-11}
 HOSTS=${HOSTS:-1000}
 COLD_CONCURRENCY=${COLD_CONCURRENCY:-16}
 COLD_SOCKETS=${COLD_SOCKETS:-4}
@@ -483,7 +484,13 @@ for server in unbound edgekit; do
     cold_p99s=$(printf '%s\n' ${cold_latency[$server]} | awk -F/ '{print $2}')
     echo "  $server: batch $(median ${cold_wall[$server]}) s (runs: ${cold_wall[$server]}), latency p99 $(median $cold_p99s) ms (median of runs), process wall $(median ${cold_process[$server]}) s, server CPU $(median ${cold_cpu[$server]}) s (runs: ${cold_cpu[$server]}), context switches $(median ${cold_switches[$server]}), resident memory +$(median ${cold_rss[$server]}) KiB, NSD CPU $(median ${cold_authority[$server]}) s, generator CPU $(median ${cold_generator[$server]}) s, upstream queries $(median ${cold_upstream[$server]}), lost ${cold_lost[$server]}"
 done
-echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios))"
+# Each fresh start pairs the two servers, so the per-run ratio is free of the drift between
+# runs; its median's interval says whether this many runs show a difference at all.
+cold_interval=$(median_interval $cold_ratios)
+echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios); 95% interval for the median ${cold_interval:-none}: $(interval_verdict "$cold_interval"))"
+cpu_ratios=$(paste -d' ' <(printf '%s\n' ${cold_cpu[edgekit]}) <(printf '%s\n' ${cold_cpu[unbound]}) | awk '{printf "%.2f ", $1 / $2}')
+cpu_interval=$(median_interval $cpu_ratios)
+echo "  per-run server CPU ratios edgekit/unbound: $cpu_ratios(median $(median $cpu_ratios); 95% interval for the median ${cpu_interval:-none}: $(interval_verdict "$cpu_interval"))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), NSD CPU $(ratio "$(median ${cold_authority[edgekit]})" "$(median ${cold_authority[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
 if ((ROUNDS > 0)); then
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
@@ -502,7 +509,8 @@ if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
         p=$(median ${agree_qps[$server/dnsperf]}); b=$(median ${agree_qps[$server/edgekit]})
         r=$(median ${agree_ratios[$server]})
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict), per-round ratios ${agree_ratios[$server]}, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_busy[$server/dnsperf]})% / $(median ${agree_busy[$server/edgekit]})% of one core (limit $limit%), generator busy $(median ${agree_generator[$server/dnsperf]})% / $(median ${agree_generator[$server/edgekit]})% of its core, server slept $(median ${agree_sleeps[$server/dnsperf]}) / $(median ${agree_sleeps[$server/edgekit]}) times per 1000 queries"
+        interval=$(median_interval ${agree_ratios[$server]})
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict; 95% interval for the median ${interval:-none, too few rounds}), per-round ratios ${agree_ratios[$server]}, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_busy[$server/dnsperf]})% / $(median ${agree_busy[$server/edgekit]})% of one core (limit $limit%), generator busy $(median ${agree_generator[$server/dnsperf]})% / $(median ${agree_generator[$server/edgekit]})% of its core, server slept $(median ${agree_sleeps[$server/dnsperf]}) / $(median ${agree_sleeps[$server/edgekit]}) times per 1000 queries"
         awk -v s="$(median ${agree_busy[$server/dnsperf]})" -v t="$(median ${agree_busy[$server/edgekit]})" -v limit="$limit" 'BEGIN {
             if (s < 0.95 * limit || t < 0.95 * limit)
                 print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"

@@ -4,3 +4,30 @@
 # string (an associative array's value) works as well as an array.
 # shellcheck disable=SC2048,SC2086
 median() { printf '%s\n' $* | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+# A distribution-free interval for the median of the numbers given (as for `median`): "low-high",
+# the k-th smallest and k-th largest, with k the largest rank for which the chance that k or
+# fewer of n draws fall below the true median is at most 2.5% (so the interval covers it with at
+# least 95%), or nothing with fewer than 6 numbers, too few for one. It needs no assumption about
+# how the numbers are spread, which on a shared VM (occasional slow runs) none would justify.
+# shellcheck disable=SC2048,SC2086
+median_interval() {
+    printf '%s\n' $* | sort -g | awk '{v[NR] = $1} END {
+        n = NR; cumulative = 0; term = 0.5 ^ n; k = 0
+        # cumulative = P(Binomial(n, 1/2) <= j), built one term at a time.
+        for (j = 0; j < n; j++) {
+            cumulative += term
+            if (cumulative > 0.025) break
+            k = j + 1
+            term = term * (n - j) / (j + 1)
+        }
+        if (k >= 1) print v[k] "-" v[n + 1 - k]
+    }'
+}
+
+# Where a ratio's median interval ("low-high", from median_interval) lies against 1: "below 1",
+# "above 1", "spans 1" (no difference shown), or "too few runs for an interval".
+interval_verdict() {
+    [[ -n $1 ]] || { echo "too few runs for an interval"; return; }
+    awk -v range="$1" 'BEGIN {split(range, r, "-"); print (r[2] < 1) ? "below 1" : (r[1] > 1) ? "above 1" : "spans 1: no difference shown"}'
+}
