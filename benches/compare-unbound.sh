@@ -488,7 +488,7 @@ done
 # runs; its median's interval says whether this many runs show a difference at all.
 cold_interval=$(median_interval $cold_ratios)
 echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios); 95% interval for the median ${cold_interval:-none}: $(interval_verdict "$cold_interval"))"
-cpu_ratios=$(paste -d' ' <(printf '%s\n' ${cold_cpu[edgekit]}) <(printf '%s\n' ${cold_cpu[unbound]}) | awk '{printf "%.2f ", $1 / $2}')
+cpu_ratios=$(paste -d' ' <(printf '%s\n' ${cold_cpu[edgekit]}) <(printf '%s\n' ${cold_cpu[unbound]}) | awk '$2 > 0 {printf "%.2f ", $1 / $2}')
 cpu_interval=$(median_interval $cpu_ratios)
 echo "  per-run server CPU ratios edgekit/unbound: $cpu_ratios(median $(median $cpu_ratios); 95% interval for the median ${cpu_interval:-none}: $(interval_verdict "$cpu_interval"))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), NSD CPU $(ratio "$(median ${cold_authority[edgekit]})" "$(median ${cold_authority[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"

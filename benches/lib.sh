@@ -6,20 +6,21 @@
 median() { printf '%s\n' $* | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
 # A distribution-free interval for the median of the numbers given (as for `median`): "low-high",
-# the k-th smallest and k-th largest, with k the largest rank for which the chance that k or
-# fewer of n draws fall below the true median is at most 2.5% (so the interval covers it with at
-# least 95%), or nothing with fewer than 6 numbers, too few for one. It needs no assumption about
+# the k-th smallest and k-th largest, with k the largest rank for which the chance that fewer
+# than k of n draws fall below the true median is at most 2.5% (so the interval covers it with
+# at least 95%), or nothing with fewer than 6 numbers, too few for one. It needs no assumption about
 # how the numbers are spread, which on a shared VM (occasional slow runs) none would justify.
 # shellcheck disable=SC2048,SC2086
 median_interval() {
     printf '%s\n' $* | sort -g | awk '{v[NR] = $1} END {
-        n = NR; cumulative = 0; term = 0.5 ^ n; k = 0
-        # cumulative = P(Binomial(n, 1/2) <= j), built one term at a time.
+        n = NR; cumulative = 0; log_term = -n * log(2); k = 0
+        # cumulative = P(Binomial(n, 1/2) <= j), built one term at a time; the terms are kept
+        # as logarithms because 0.5^n underflows to 0 past about a thousand runs.
         for (j = 0; j < n; j++) {
-            cumulative += term
+            cumulative += exp(log_term)
             if (cumulative > 0.025) break
             k = j + 1
-            term = term * (n - j) / (j + 1)
+            log_term += log((n - j) / (j + 1))
         }
         if (k >= 1) print v[k] "-" v[n + 1 - k]
     }'
