@@ -284,8 +284,7 @@ cold() {
     cold_latency[$1]+="$(json_field '["latency_ms"]["p50"]' <"$work/cold-$1.json")/$(json_field '["latency_ms"]["p99"]' <"$work/cold-$1.json")/$(json_field '["latency_ms"]["max"]' <"$work/cold-$1.json") "
 }
 
-cold_ratios=""
-declare -A run_batch cold_authority cold_generator cold_rss cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
+declare -A cold_authority cold_generator cold_rss cold_switches cold_threads cold_cpu cold_wall cold_process cold_upstream cold_lost cold_latency server_pid
 start_servers() {
     sed -i "s/^  num-threads: .*/  num-threads: $THREADS/" "$work/unbound.conf"
     "$UNBOUND" -d -c "$work/unbound.conf" >/dev/null 2>&1 &
@@ -318,10 +317,8 @@ for run in $(seq 1 "$COLD_RUNS"); do
         set -- ${cold_switches[$server]}; s=${*: -1}
         set -- ${cold_authority[$server]}; a=${*: -1}
         set -- ${cold_generator[$server]}; g=${*: -1}
-        run_batch[$server]=$w
         echo "cold run $run $server: batch ${w} s, upstream queries $u, latency p50/p99/max ${l} ms, server CPU ${c} s (${cold_threads[$server]}), context switches $s, NSD CPU ${a} s, generator CPU ${g} s"
     done
-    cold_ratios+="$(awk -v e="${run_batch[edgekit]}" -v u="${run_batch[unbound]}" 'BEGIN {printf "%.2f", e / u}') "
 done
 
 # From two thread_cpu_ns snapshots and the generator's run time (first send to last reply): the
@@ -389,7 +386,7 @@ measure() {
 
 declare -A perf_qps bench_qps bench_p99
 # Agreement runs, keyed "server/generator" (generator: dnsperf or edgekit); ratios by server.
-declare -A agree_qps agree_busy agree_generator agree_sleeps round_qps agree_ratios
+declare -A agree_qps agree_busy agree_generator agree_sleeps
 for round in $(seq 1 "$ROUNDS"); do
     for server in unbound edgekit; do
         addr=$UNBOUND_ADDR; [[ $server == edgekit ]] && addr=$EDGEKIT_ADDR
@@ -464,11 +461,7 @@ if [[ $AGREE == 1 ]]; then
                 agree_qps[$server/$generator]+="$run_qps "
                 agree_busy[$server/$generator]+="${run_server%%%*} "
                 agree_generator[$server/$generator]+="${run_generator%\%} "
-                round_qps[$generator]=$run_qps
             done
-            # A round's two runs are back to back, so their ratio cancels the drift between
-            # rounds that the ratio of each generator's medians keeps.
-            agree_ratios[$server]+="$(awk -v a="${round_qps[edgekit]}" -v b="${round_qps[dnsperf]}" 'BEGIN {printf "%.3f", a / b}') "
         done
         quota_off
         taskset -a -p -c "$all_cpus" "${server_pid[$server]}" >/dev/null
@@ -486,11 +479,10 @@ for server in unbound edgekit; do
 done
 # Each fresh start pairs the two servers, so the per-run ratio is free of the drift between
 # runs; its median's interval says whether this many runs show a difference at all.
-cold_interval=$(median_interval $cold_ratios)
-echo "  per-run batch ratios edgekit/unbound: $cold_ratios(median $(median $cold_ratios); 95% interval for the median ${cold_interval:-none}: $(interval_verdict "$cold_interval"))"
-cpu_ratios=$(paste -d' ' <(printf '%s\n' ${cold_cpu[edgekit]}) <(printf '%s\n' ${cold_cpu[unbound]}) | awk '$2 > 0 {printf "%.2f ", $1 / $2}')
-cpu_interval=$(median_interval $cpu_ratios)
-echo "  per-run server CPU ratios edgekit/unbound: $cpu_ratios(median $(median $cpu_ratios); 95% interval for the median ${cpu_interval:-none}: $(interval_verdict "$cpu_interval"))"
+cold_ratios=$(paired_ratios "${cold_wall[edgekit]}" "${cold_wall[unbound]}")
+echo "  per-run batch ratios edgekit/unbound: $cold_ratios($(median_with_interval "$cold_ratios"))"
+cpu_ratios=$(paired_ratios "${cold_cpu[edgekit]}" "${cold_cpu[unbound]}")
+echo "  per-run server CPU ratios edgekit/unbound: $cpu_ratios($(median_with_interval "$cpu_ratios"))"
 echo "  ratio edgekit/unbound: batch $(ratio "$(median ${cold_wall[edgekit]})" "$(median ${cold_wall[unbound]})"), server CPU $(ratio "$(median ${cold_cpu[edgekit]})" "$(median ${cold_cpu[unbound]})"), NSD CPU $(ratio "$(median ${cold_authority[edgekit]})" "$(median ${cold_authority[unbound]})"), upstream $(ratio "$(median ${cold_upstream[edgekit]})" "$(median ${cold_upstream[unbound]})")"
 if ((ROUNDS > 0)); then
 echo "cached ($CONCURRENCY outstanding over $SOCKETS sockets, ${DURATION}s x $ROUNDS rounds, medians):"
@@ -507,10 +499,13 @@ if [[ $AGREE == 1 ]] && ((AGREE_ROUNDS > 0)); then
     echo "agreement check (servers with $THREADS thread(s) on CPU 0${AGREE_CPU_QUOTA:+, capped at $AGREE_CPU_QUOTA% of it}; generator on CPU 1, $CONCURRENCY outstanding over $SOCKETS sockets, medians of $AGREE_ROUNDS):"
     for server in unbound edgekit; do
         p=$(median ${agree_qps[$server/dnsperf]}); b=$(median ${agree_qps[$server/edgekit]})
-        r=$(median ${agree_ratios[$server]})
+        # A round's two runs are back to back, so their ratio cancels the drift between rounds
+        # that the ratio of each generator's medians keeps.
+        round_ratios=$(paired_ratios "${agree_qps[$server/edgekit]}" "${agree_qps[$server/dnsperf]}" %.3f)
+        r=$(median $round_ratios)
         verdict=$(awk -v r="$r" 'BEGIN {print (r >= 0.9 && r <= 1.1) ? "within 10%" : "NOT within 10%"}')
-        interval=$(median_interval ${agree_ratios[$server]})
-        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict; 95% interval for the median ${interval:-none: too few rounds to judge; AGREE_ROUNDS=9 or more gives one, and on a noisy VM 21 were needed}), per-round ratios ${agree_ratios[$server]}, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_busy[$server/dnsperf]})% / $(median ${agree_busy[$server/edgekit]})% of one core (limit $limit%), generator busy $(median ${agree_generator[$server/dnsperf]})% / $(median ${agree_generator[$server/edgekit]})% of its core, server slept $(median ${agree_sleeps[$server/dnsperf]}) / $(median ${agree_sleeps[$server/edgekit]}) times per 1000 queries"
+        interval=$(median_interval $round_ratios)
+        echo "  $server: dnsperf $p qps, edgekit bench dns $b qps; median per-round ratio $(printf '%.2f' "$r") ($verdict; 95% interval for the median ${interval:-none: too few rounds to judge; AGREE_ROUNDS=9 or more gives one, and on a noisy VM 21 were needed}), per-round ratios $round_ratios, ratio of medians $(ratio "$b" "$p"); server busy $(median ${agree_busy[$server/dnsperf]})% / $(median ${agree_busy[$server/edgekit]})% of one core (limit $limit%), generator busy $(median ${agree_generator[$server/dnsperf]})% / $(median ${agree_generator[$server/edgekit]})% of its core, server slept $(median ${agree_sleeps[$server/dnsperf]}) / $(median ${agree_sleeps[$server/edgekit]}) times per 1000 queries"
         awk -v s="$(median ${agree_busy[$server/dnsperf]})" -v t="$(median ${agree_busy[$server/edgekit]})" -v limit="$limit" 'BEGIN {
             if (s < 0.95 * limit || t < 0.95 * limit)
                 print "    the server was not the bottleneck under both generators (below 95% of its limit): a generator measured itself"

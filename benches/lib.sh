@@ -32,3 +32,20 @@ interval_verdict() {
     [[ -n $1 ]] || { echo "too few runs for an interval"; return; }
     awk -v range="$1" 'BEGIN {split(range, r, "-"); print (r[2] < 1) ? "below 1" : (r[1] > 1) ? "above 1" : "spans 1: no difference shown"}'
 }
+
+# The per-run ratios of two lists given as strings (as for `median`) whose n-th numbers come from
+# the same run, "a1/b1 a2/b2 ...", each printed with FORMAT (%.2f unless given); a pair whose
+# divisor is 0 is left out.
+# shellcheck disable=SC2086
+paired_ratios() {
+    paste -d' ' <(printf '%s\n' $1) <(printf '%s\n' $2) |
+        awk -v format="${3:-%.2f}" '$2 > 0 {printf format " ", $1 / $2}'
+}
+
+# "median M; 95% interval for the median LOW-HIGH: VERDICT" for the ratios given (as for
+# `median`).
+median_with_interval() {
+    local interval
+    interval=$(median_interval "$@")
+    echo "median $(median "$@"); 95% interval for the median ${interval:-none}: $(interval_verdict "$interval")"
+}
