@@ -550,3 +550,145 @@ fn the_answer_log_is_off_by_default_and_holds_at_most_its_limit() {
         assert_eq!(answer.rcode_name(), expected);
     }
 }
+
+/// Run `config` on another thread and wait at most `limit` for it, so a generator that hangs
+/// fails the test instead of stalling the suite.
+fn run_within(config: BenchConfig, queries: &str, limit: Duration) -> bench::Report {
+    let queries = bench::parse_query_file(queries).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(bench::run(&config, &queries, &LiveStats::default()));
+    });
+    finished
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("the run did not end within {limit:?}"))
+        .unwrap()
+}
+
+#[test]
+fn tcp_server_that_stops_reading_cannot_hold_the_run() {
+    // Accepts connections and never reads them: the generator's writes fill both sides'
+    // buffers and then block.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepting = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            listener.set_nonblocking(true).unwrap();
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    // Long names, so a window's worth of queries is more than the socket buffers hold.
+    let long_name = format!("{}.example", vec!["x".repeat(60); 3].join("."));
+    let mut config = config(addr, Stop::Duration(Duration::from_millis(400)));
+    config.transport = Transport::Tcp;
+    config.load = Load::Concurrency(60_000);
+    config.sockets = 1;
+    config.timeout = Duration::from_millis(300);
+    let report = run_within(config, &format!("{long_name} A\n"), Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    accepting.join().unwrap();
+
+    assert!(report.sent >= 60_000, "{report:?}");
+    assert_eq!(report.answered, 0);
+    assert_eq!(report.sent, report.lost);
+}
+
+#[test]
+fn tcp_reconnects_that_fail_cost_queries_not_the_run() {
+    // Serves one connection for 20 queries, closes it, and stops listening: every reconnect
+    // is refused.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let server = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            drop(listener);
+            let (frames, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+            serve_tcp(stream, &received, &frames, &stop, Some(20));
+        })
+    };
+    let mut config = config(addr, Stop::Count(80));
+    config.transport = Transport::Tcp;
+    config.load = Load::Concurrency(4);
+    config.sockets = 1;
+    config.timeout = Duration::from_millis(200);
+    let report = run_within(config, QUERIES, Duration::from_secs(30));
+    server.join().unwrap();
+
+    assert_eq!(report.sent, 80);
+    assert_eq!(report.answered, 20, "{report:?}");
+    assert_eq!(report.lost, 60);
+}
+
+#[test]
+fn a_rate_is_kept_by_the_sockets_together_and_never_run_ahead_of() {
+    let responder = Responder::udp(Behaviour::default());
+    let mut config = config(responder.addr, Stop::Count(10));
+    config.load = Load::Rate(20);
+    config.sockets = 4;
+    config.timeout = Duration::from_secs(5);
+    // Split over the sockets like the load: room for all ten in each.
+    config.answer_log_limit = 40;
+    let queries = bench::parse_query_file(QUERIES).unwrap();
+    let report = bench::run(&config, &queries, &LiveStats::default()).unwrap();
+    assert_eq!(report.answered, 10);
+
+    let mut sent: Vec<u64> = report
+        .answered_queries
+        .iter()
+        .map(|answer| answer.sent_micros)
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent.len(), 10);
+    // Query k is due 50 ms after query k - 1: however the sockets share them, the k-th send
+    // cannot come before k * 50 ms.
+    for (k, micros) in sent.iter().enumerate() {
+        assert!(
+            *micros >= k as u64 * 50_000,
+            "send {k} at {micros} µs: {sent:?}"
+        );
+    }
+    // The ten are due by 450 ms. One socket pacing all ten at a quarter of the rate (as when
+    // each socket kept its own share of it) would take 1.8 s.
+    assert!(sent[9] < 1_200_000, "the last send at {} µs", sent[9]);
+}
+
+#[test]
+fn too_many_outstanding_queries_for_the_sockets_is_refused() {
+    let mut config = BenchConfig::new("127.0.0.1:53".parse().unwrap(), Stop::Count(1));
+    config.sockets = 2;
+    config.load = Load::Concurrency(120_000);
+    assert!(config.validate().is_ok());
+    config.load = Load::Concurrency(120_001);
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("concurrency 120001") && err.contains("more sockets"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_query_file_that_is_not_text_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queries.txt");
+    std::fs::write(
+        &path,
+        b"www.example.com A\nbad\xFFname.example A\nx.example A\n",
+    )
+    .unwrap();
+    let err = bench::load_query_file(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("line 2") && err.contains("not UTF-8") && err.contains("bad"),
+        "{err}"
+    );
+}

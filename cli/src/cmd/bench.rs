@@ -38,7 +38,8 @@ pub(crate) struct BenchDnsArgs {
     /// Queries kept outstanding at once, in total over all sockets (dnsperf's -q).
     #[arg(long, value_name = "N", default_value_t = 64, conflicts_with = "rate")]
     pub(crate) concurrency: usize,
-    /// Send at a fixed rate instead of a fixed concurrency.
+    /// Send at a fixed rate instead of a fixed concurrency: query k leaves k/QPS seconds after
+    /// the start, from whichever socket claimed it (dnsperf's -Q).
     #[arg(long, value_name = "QPS")]
     pub(crate) rate: Option<u64>,
     /// Query over TCP instead of UDP.

@@ -167,6 +167,15 @@ impl BenchConfig {
                 "must be between 1 and 1024",
             );
         }
+        if let Load::Concurrency(total) = self.load
+            && total > worker::MAX_OUTSTANDING_PER_SOCKET * self.sockets
+        {
+            return invalid(
+                "concurrency",
+                total.to_string(),
+                "more than 60000 per socket, which a socket's 16-bit IDs cannot tell apart: use more sockets",
+            );
+        }
         Ok(())
     }
 }
@@ -294,10 +303,11 @@ fn even_share(total: usize, index: usize, parts: usize) -> usize {
     total / parts + usize::from(index < total % parts)
 }
 
-/// This socket's part of the load: outstanding queries, or queries per second.
+/// This socket's part of the load: its outstanding queries; or, at a rate, the whole rate,
+/// which the sockets keep together by sending the queries they claim on one schedule.
 fn share_of(load: Load, index: usize, sockets: usize) -> worker::Share {
     match load {
         Load::Concurrency(total) => worker::Share::Window(even_share(total, index, sockets)),
-        Load::Rate(total) => worker::Share::Rate(total as f64 / sockets as f64),
+        Load::Rate(total) => worker::Share::Rate(total as f64),
     }
 }

@@ -89,11 +89,34 @@ pub fn parse_query_file(text: &str) -> Result<Vec<BenchQuery>, QueryFileError> {
 
 /// Read and parse a query file.
 pub fn load_query_file(path: &Path) -> Result<Vec<BenchQuery>, QueryFileError> {
-    let text = fs::read_to_string(path).map_err(|source| QueryFileError::Read {
+    let bytes = fs::read(path).map_err(|source| QueryFileError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse_query_file(&text)
+    match String::from_utf8(bytes) {
+        Ok(text) => parse_query_file(&text),
+        Err(not_text) => {
+            let bytes = not_text.as_bytes();
+            let bad_at = not_text.utf8_error().valid_up_to();
+            let line_start = bytes[..bad_at]
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map_or(0, |newline| newline + 1);
+            let line_end = bytes[bad_at..]
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .map_or(bytes.len(), |newline| bad_at + newline);
+            Err(QueryFileError::BadLine {
+                line: bytes[..line_start]
+                    .iter()
+                    .filter(|&&byte| byte == b'\n')
+                    .count()
+                    + 1,
+                problem: "not UTF-8 text".into(),
+                text: String::from_utf8_lossy(&bytes[line_start..line_end]).into_owned(),
+            })
+        }
+    }
 }
 
 fn parse_record_type(text: &str) -> Option<RecordType> {

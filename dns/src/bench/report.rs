@@ -65,6 +65,9 @@ pub struct Report {
     pub lost: u64,
     /// Replies that arrived after their query had been counted lost (ignored otherwise).
     pub late_replies: u64,
+    /// Replies with the ID of a waiting query but another question: most likely a late reply
+    /// to a lost query whose ID a new query has since been given (ignored otherwise).
+    pub other_question_replies: u64,
     /// From the first send to the last reply, in seconds.
     pub elapsed_seconds: f64,
     /// Answered queries per second over `elapsed_seconds`: what dnsperf prints as "Queries per
@@ -145,6 +148,7 @@ impl Report {
             answered: stats.answered,
             lost: stats.lost,
             late_replies: stats.late_replies,
+            other_question_replies: stats.other_question_replies,
             elapsed_seconds,
             qps,
             rcodes,
@@ -205,6 +209,13 @@ impl fmt::Display for Report {
         )?;
         if self.late_replies > 0 {
             writeln!(f, "Late replies:     {} (ignored)", self.late_replies)?;
+        }
+        if self.other_question_replies > 0 {
+            writeln!(
+                f,
+                "Replies to another question: {} (ignored; their IDs had been reused)",
+                self.other_question_replies
+            )?;
         }
         writeln!(f, "Run time:         {:.3} s", self.elapsed_seconds)?;
         writeln!(f, "Queries/second:   {:.1}", self.qps)?;

@@ -23,7 +23,7 @@ use super::{AnsweredQuery, BenchConfig, BenchError, BenchQuery, LiveStats, Trans
 const CLOSED_LOOP_TICK: Duration = Duration::from_millis(10);
 const OPEN_LOOP_TICK: Duration = Duration::from_millis(1);
 /// Never have more queries outstanding on one socket than there are IDs to tell them apart.
-const MAX_OUTSTANDING_PER_SOCKET: usize = 60_000;
+pub(super) const MAX_OUTSTANDING_PER_SOCKET: usize = 60_000;
 /// Latency range the histogram can hold: 1 µs to 60 s at 3 significant digits.
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
 
@@ -66,16 +66,17 @@ impl Shared<'_> {
         }
     }
 
-    /// Claim the next tickets, or `None` once the run has sent enough or run long enough.
-    fn claim(&self, now: Instant) -> Option<std::ops::Range<u64>> {
+    /// Claim the next `chunk` tickets, or `None` once the run has sent enough or run long
+    /// enough.
+    fn claim(&self, now: Instant, chunk: u64) -> Option<std::ops::Range<u64>> {
         if self.past_deadline(now) {
             return None;
         }
-        let start = self.tickets.fetch_add(TICKET_CHUNK, Ordering::Relaxed);
+        let start = self.tickets.fetch_add(chunk, Ordering::Relaxed);
         let end = match self.config.stop {
             super::Stop::Count(limit) if start >= limit => return None,
-            super::Stop::Count(limit) => (start + TICKET_CHUNK).min(limit),
-            super::Stop::Duration(_) => start + TICKET_CHUNK,
+            super::Stop::Count(limit) => (start + chunk).min(limit),
+            super::Stop::Duration(_) => start + chunk,
         };
         Some(start..end)
     }
@@ -91,32 +92,26 @@ impl Shared<'_> {
 #[derive(Debug)]
 struct Local {
     tickets: std::ops::Range<u64>,
+    /// Tickets claimed at once: [`TICKET_CHUNK`] in a closed loop; one at an open loop's rate,
+    /// where each ticket is also a time to send at, so the sockets take them in turn and
+    /// together keep the whole rate however few queries there are.
+    chunk: u64,
     unpublished_sent: u64,
     unpublished_answered: u64,
     published_at: Instant,
 }
 
 impl Local {
-    fn new(start: Instant) -> Self {
+    fn new(start: Instant, share: Share) -> Self {
         Self {
             tickets: 0..0,
+            chunk: match share {
+                Share::Window(_) => TICKET_CHUNK,
+                Share::Rate(_) => 1,
+            },
             unpublished_sent: 0,
             unpublished_answered: 0,
             published_at: start,
-        }
-    }
-
-    /// Whether [`Self::next_query`] would give nothing more: the run is past its deadline, or
-    /// this worker's tickets and the shared ones are used up.
-    fn exhausted(&self, shared: &Shared<'_>, now: Instant) -> bool {
-        if shared.past_deadline(now) {
-            return true;
-        }
-        match shared.config.stop {
-            super::Stop::Count(limit) => {
-                self.tickets.is_empty() && shared.tickets.load(Ordering::Relaxed) >= limit
-            }
-            super::Stop::Duration(_) => false,
         }
     }
 
@@ -128,19 +123,40 @@ impl Local {
         }
     }
 
+    /// The ticket of the next query to send, claimed if this worker holds none, without
+    /// taking it; `None` once the run is over.
+    fn next_ticket(&mut self, shared: &Shared<'_>, now: Instant) -> Option<u64> {
+        if shared.past_deadline(now) {
+            return None;
+        }
+        if self.tickets.is_empty() {
+            self.tickets = shared.claim(now, self.chunk)?;
+        }
+        Some(self.tickets.start)
+    }
+
+    /// Whether the next query is due: at once in a closed loop; at an open loop's `rate`, when
+    /// its ticket's time on the run's one schedule has come (ticket `k` at `k / rate` seconds
+    /// after the start). `None` once the run is over.
+    fn next_due(&mut self, shared: &Shared<'_>, share: Share, now: Instant) -> Option<Due> {
+        let ticket = self.next_ticket(shared, now)?;
+        Some(match share {
+            Share::Rate(rate) => {
+                let due = shared.start() + Duration::from_secs_f64(ticket as f64 / rate);
+                if due > now { Due::At(due) } else { Due::Now }
+            }
+            Share::Window(_) => Due::Now,
+        })
+    }
+
     /// The next query to send, or `None` once the run is over.
     fn next_query<'q>(
         &mut self,
         shared: &'q Shared<'_>,
         now: Instant,
     ) -> Option<(usize, &'q BenchQuery)> {
-        if shared.past_deadline(now) {
-            return None;
-        }
-        if self.tickets.is_empty() {
-            self.tickets = shared.claim(now)?;
-        }
-        let ticket = self.tickets.next()?;
+        let ticket = self.next_ticket(shared, now)?;
+        self.tickets.start += 1;
         shared.query(ticket)
     }
 
@@ -161,10 +177,17 @@ impl Local {
 /// This worker's part of the load.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Share {
-    /// Queries kept outstanding.
+    /// Queries kept outstanding by this worker.
     Window(usize),
-    /// Queries per second.
+    /// The whole run's queries per second: every worker paces the tickets it claims on one
+    /// schedule.
     Rate(f64),
+}
+
+/// When the next query may go.
+enum Due {
+    Now,
+    At(Instant),
 }
 
 /// What one worker saw; merged into the report.
@@ -174,6 +197,7 @@ pub(super) struct WorkerStats {
     pub(super) answered: u64,
     pub(super) lost: u64,
     pub(super) late_replies: u64,
+    pub(super) other_question_replies: u64,
     pub(super) rcodes: [u64; 16],
     pub(super) latency_micros: Histogram<u64>,
     pub(super) last_answer: Option<Instant>,
@@ -190,6 +214,7 @@ impl WorkerStats {
             answered: 0,
             lost: 0,
             late_replies: 0,
+            other_question_replies: 0,
             rcodes: [0; 16],
             // The bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low).
             latency_micros: Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
@@ -205,6 +230,7 @@ impl WorkerStats {
         self.answered += other.answered;
         self.lost += other.lost;
         self.late_replies += other.late_replies;
+        self.other_question_replies += other.other_question_replies;
         for (mine, theirs) in self.rcodes.iter_mut().zip(other.rcodes) {
             *mine += theirs;
         }
@@ -279,6 +305,23 @@ impl Outstanding {
         Some(pending)
     }
 
+    /// The query `reply` (whose ID is `id`) answers: the one waiting under that ID, if the
+    /// reply carries its question; it stops waiting. A reply that arrives after its query was
+    /// given up on may meet a newer query that has been given the same ID, and is told from
+    /// that query's own reply by the question.
+    fn take_reply(&mut self, id: u16, reply: &[u8], queries: &[BenchQuery]) -> Matched {
+        let Some(pending) = self.by_id[usize::from(id)] else {
+            return Matched::Late;
+        };
+        let asked = queries
+            .get(pending.query)
+            .map_or(&[][..], |query| &query.wire);
+        if !same_question(reply, asked) {
+            return Matched::OtherQuestion;
+        }
+        self.take(id).map_or(Matched::Late, Matched::Answer)
+    }
+
     /// Give up on queries sent before `cutoff`; returns how many.
     fn expire(&mut self, cutoff: Instant) -> u64 {
         let mut expired = 0;
@@ -307,6 +350,56 @@ impl Outstanding {
         self.order.clear();
         self.count = 0;
         expired
+    }
+}
+
+/// What a reply with a known ID turned out to be.
+enum Matched {
+    /// The reply to a waiting query.
+    Answer(Pending),
+    /// No query waits under its ID: it came after its query was counted lost.
+    Late,
+    /// A query waits under its ID, but asked another question.
+    OtherQuestion,
+}
+
+/// Whether `reply` carries the question of `query`: the same name, in any case (a server may
+/// echo it in the case it has it in, or mix the case of its own queries), the same type and
+/// class. A reply with no question, as some servers send with an error rcode, matches by ID
+/// alone, and so does a `query` without a whole question (only a hand-built [`BenchQuery`]).
+fn same_question(reply: &[u8], query: &[u8]) -> bool {
+    let Some(name_end) = question_name_end(query) else {
+        return true;
+    };
+    let Some(asked) = query.get(HEADER_LEN..name_end + 4) else {
+        return true;
+    };
+    if reply.get(4..6) == Some(&[0, 0]) {
+        return true;
+    }
+    let Some(echoed) = reply.get(HEADER_LEN..name_end + 4) else {
+        return false;
+    };
+    let name_len = name_end - HEADER_LEN;
+    // Label lengths are below 64, so only the labels' letters are compared without case.
+    echoed[..name_len].eq_ignore_ascii_case(&asked[..name_len])
+        && echoed[name_len..] == asked[name_len..]
+}
+
+/// Where the question's name ends in a query from our encoder (uncompressed labels), or
+/// `None` if it does not end where it should.
+fn question_name_end(query: &[u8]) -> Option<usize> {
+    let mut at = HEADER_LEN;
+    loop {
+        let length = usize::from(*query.get(at)?);
+        at += 1;
+        if length == 0 {
+            return Some(at);
+        }
+        if length > 63 {
+            return None;
+        }
+        at += length;
     }
 }
 
@@ -383,7 +476,11 @@ fn receive_queued_datagrams(
     };
     let Ok(received) = usize::try_from(received) else {
         let err = io::Error::last_os_error();
-        return if is_quiet(&err) { Ok(0) } else { Err(err) };
+        return if is_quiet(&err) || is_bounce(&err) {
+            Ok(0)
+        } else {
+            Err(err)
+        };
     };
     for (length, header) in batch.lengths.iter_mut().zip(&headers).take(received) {
         *length = header.msg_len as usize;
@@ -427,16 +524,24 @@ struct TcpLink {
 }
 
 impl TcpLink {
-    fn open(server: SocketAddr, tick: Duration) -> Result<Self, BenchError> {
+    fn open(
+        server: SocketAddr,
+        tick: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, BenchError> {
         let connect_error = |source| BenchError::Connect {
             server,
             transport: "TCP",
             source,
         };
-        let stream =
-            TcpStream::connect_timeout(&server, Duration::from_secs(5)).map_err(connect_error)?;
+        let stream = TcpStream::connect_timeout(&server, connect_timeout).map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
         stream.set_read_timeout(Some(tick)).map_err(connect_error)?;
+        // So a server that stops reading cannot hold the worker in a write past its deadline
+        // and its queries' timeouts.
+        stream
+            .set_write_timeout(Some(tick))
+            .map_err(connect_error)?;
         Ok(Self {
             stream,
             read_buffer: vec![0; 2 * (usize::from(u16::MAX) + 2)],
@@ -453,13 +558,28 @@ impl TcpLink {
         append_with_id(write_buffer, wire, id);
     }
 
-    /// Write the queued queries in one go (pipelining).
-    fn flush(&mut self, write_buffer: &mut Vec<u8>) -> io::Result<()> {
-        if !write_buffer.is_empty() {
-            self.stream.write_all(write_buffer)?;
+    /// Write the queued queries in one go (pipelining), as far as the connection takes them
+    /// within the write timeout; what it does not take stays queued for the next call. Returns
+    /// how many bytes it took.
+    fn flush(&mut self, write_buffer: &mut Vec<u8>) -> io::Result<usize> {
+        let mut written = 0;
+        let mut outcome = Ok(());
+        while written < write_buffer.len() {
+            match self.stream.write(&write_buffer[written..]) {
+                Ok(0) => {
+                    outcome = Err(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(count) => written += count,
+                Err(err) if is_quiet(&err) => break,
+                Err(err) => {
+                    outcome = Err(err);
+                    break;
+                }
+            }
         }
-        write_buffer.clear();
-        Ok(())
+        write_buffer.drain(..written);
+        outcome.map(|()| written)
     }
 
     /// Receive one or more replies into `batch`, waiting up to the read timeout.
@@ -497,25 +617,36 @@ impl TcpLink {
     }
 }
 
-/// Errors that only mean "nothing arrived in time" or "the last datagram bounced".
+/// Errors that only mean "nothing happened in time".
 fn is_quiet(err: &io::Error) -> bool {
     matches!(
         err.kind(),
-        io::ErrorKind::WouldBlock
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::ConnectionRefused
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
 }
 
-fn is_disconnect(err: &io::Error) -> bool {
+/// Errors an ICMP message about an earlier datagram leaves on a connected UDP socket: that
+/// datagram's query is lost, and the socket is as good as before.
+fn is_bounce(err: &io::Error) -> bool {
     matches!(
         err.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
     )
+}
+
+/// Errors that end a TCP connection but not the run: the worker reconnects.
+fn is_disconnect(err: &io::Error) -> bool {
+    is_bounce(err)
+        || matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::WriteZero
+        )
 }
 
 /// Run one worker: set up, wait for the others at `shared.ready`, then send and receive until
@@ -603,10 +734,13 @@ fn append_with_id(buffer: &mut Vec<u8>, wire: &[u8], id: u16) {
     }
 }
 
+/// Bytes in a DNS header.
+const HEADER_LEN: usize = 12;
+
 /// The ID and rcode of a DNS reply, or `None` for anything else (too short, or the QR bit
 /// unset), which is ignored like a stray datagram.
 fn reply_header(message: &[u8]) -> Option<(u16, u8)> {
-    if message.len() < 12 || message[2] & 0x80 == 0 {
+    if message.len() < HEADER_LEN || message[2] & 0x80 == 0 {
         return None;
     }
     Some((
@@ -690,7 +824,7 @@ fn run_udp(
         };
         go.wait();
         let start = shared.start();
-        let mut receiver = Local::new(start);
+        let mut receiver = Local::new(start, share);
         let mut matched: Vec<(Pending, u8)> = Vec::with_capacity(RECEIVE_BATCH);
         let outcome = {
             // Stops the sender if this loop ends early (an error, or a panic).
@@ -718,10 +852,14 @@ fn run_udp(
                     let expired = now
                         .checked_sub(config.timeout)
                         .map_or(0, |cutoff| state.outstanding.expire(cutoff));
-                    for (id, rcode) in batch.replies().filter_map(reply_header) {
-                        match state.outstanding.take(id) {
-                            Some(pending) => matched.push((pending, rcode)),
-                            None => stats.late_replies += 1,
+                    for reply in batch.replies() {
+                        let Some((id, rcode)) = reply_header(reply) else {
+                            continue;
+                        };
+                        match state.outstanding.take_reply(id, reply, shared.queries) {
+                            Matched::Answer(pending) => matched.push((pending, rcode)),
+                            Matched::Late => stats.late_replies += 1,
+                            Matched::OtherQuestion => stats.other_question_replies += 1,
                         }
                     }
                     (expired, state.done_sending && state.outstanding.count == 0)
@@ -797,7 +935,7 @@ fn send_udp(
     let _done = MarkDoneOnDrop { state, slot_freed };
     let start = shared.start();
     let tick = tick_for(share);
-    let mut local = Local::new(start);
+    let mut local = Local::new(start, share);
     let mut query_buffer = Vec::with_capacity(512);
     let mut sent = Sent { sent: 0, lost: 0 };
     let window = match share {
@@ -807,22 +945,16 @@ fn send_udp(
     loop {
         let now = Instant::now();
         local.publish_every(shared.live, now);
-        if let Share::Rate(rate) = share {
-            // Sends owed by now on a fixed schedule, so a slow loop catches up.
-            let owed = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
-            if sent.sent >= owed {
-                if local.exhausted(shared, now) {
-                    break;
-                }
-                let next_due = start + Duration::from_secs_f64(sent.sent as f64 / rate);
+        // Asked before waiting for a slot, so that once there is nothing more to send the
+        // receiver hears so at once and can finish on the last reply.
+        match local.next_due(shared, share, now) {
+            None => break,
+            Some(Due::At(due)) => {
                 // At most a closed-loop tick, so a slow rate still sees the deadline in time.
-                std::thread::sleep(
-                    next_due
-                        .saturating_duration_since(now)
-                        .min(CLOSED_LOOP_TICK),
-                );
+                std::thread::sleep(due.saturating_duration_since(now).min(CLOSED_LOOP_TICK));
                 continue;
             }
+            Some(Due::Now) => {}
         }
         let mut guard = state.lock();
         if guard.done_sending {
@@ -830,10 +962,6 @@ fn send_udp(
             break;
         }
         if guard.outstanding.count >= window {
-            // Said now, not when a slot frees, so the receiver can finish on the last reply.
-            if local.exhausted(shared, now) {
-                break;
-            }
             slot_freed.wait_for(&mut guard, tick);
             continue;
         }
@@ -865,6 +993,13 @@ fn send_udp(
 
 /// One TCP connection, driven by one thread: write as many queries as the window (or the
 /// rate) allows in one burst, read what has come back, and again.
+///
+/// When the server closes the connection, or takes none of the queries written to it for a whole
+/// query timeout, the queries waiting on it are lost and the worker connects again; while it
+/// cannot, each attempt (one per [`RECONNECT_PAUSE`]) costs one query, counted sent and lost as
+/// a UDP send that fails is, so a run against a server that has gone for good still ends. New
+/// queries are queued only once the last burst is written, so a server that stops reading
+/// does not make the worker buffer without bound.
 fn run_tcp(
     shared: &Shared<'_>,
     share: Share,
@@ -872,20 +1007,23 @@ fn run_tcp(
 ) -> Result<WorkerStats, BenchError> {
     let config = shared.config;
     let tick = tick_for(share);
-    let link = TcpLink::open(config.server, tick);
+    let first_link = TcpLink::open(config.server, tick, FIRST_CONNECT_TIMEOUT);
     let mut stats = prepared_stats(config, answer_log_limit);
     let mut outstanding = Outstanding::new();
     let mut write_buffer = Vec::new();
     let mut batch = ReplyBatch::new();
     shared.ready.wait();
-    let mut link = link?;
+    // Failing to connect at all is an error: there is nothing to measure.
+    let mut link = Some(first_link?);
     let start = shared.start();
-    let mut local = Local::new(start);
+    let mut local = Local::new(start, share);
     let mut done_sending = false;
-    let mut paced_sends: u64 = 0;
-    let io_error = |source| BenchError::Io {
-        server: config.server,
-        source,
+    let mut reconnect_at = start;
+    // When the connection last took bytes, or had none to take.
+    let mut last_write = start;
+    let room = match share {
+        Share::Window(window) => window.min(MAX_OUTSTANDING_PER_SOCKET),
+        Share::Rate(_) => MAX_OUTSTANDING_PER_SOCKET,
     };
 
     loop {
@@ -894,64 +1032,102 @@ fn run_tcp(
             let expired = outstanding.expire(cutoff);
             record_lost(&mut stats, shared.live, expired);
         }
-
-        if !done_sending {
-            let mut allowed = match share {
-                Share::Window(window) => window
-                    .min(MAX_OUTSTANDING_PER_SOCKET)
-                    .saturating_sub(outstanding.count),
-                Share::Rate(rate) => {
-                    // Sends owed by now on a fixed schedule, so a slow loop catches up.
-                    let owed = (now.duration_since(start).as_secs_f64() * rate) as u64 + 1;
-                    let due = owed.saturating_sub(paced_sends) as usize;
-                    due.min(MAX_OUTSTANDING_PER_SOCKET.saturating_sub(outstanding.count))
-                }
-            };
-            while allowed > 0 {
-                let Some((query_index, query)) = local.next_query(shared, now) else {
-                    done_sending = true;
-                    break;
-                };
-                allowed -= 1;
-                paced_sends += 1;
-                // One clock read per burst: the writes of a burst leave together.
-                let id = outstanding.add(now, query_index);
-                stats.sent += 1;
-                local.unpublished_sent += 1;
-                TcpLink::queue(&query.wire, id, &mut write_buffer);
-            }
-            if let Err(err) = link.flush(&mut write_buffer) {
-                if !is_disconnect(&err) {
-                    return Err(io_error(err));
-                }
-                let expired = outstanding.expire_all();
-                record_lost(&mut stats, shared.live, expired);
-                link = reconnect(config, tick)?;
-            }
-        }
-
         local.publish_every(shared.live, now);
         if done_sending && outstanding.count == 0 {
             local.publish(shared.live);
             return Ok(stats);
         }
 
-        match link.receive(&mut batch).map_err(io_error)? {
+        if link.is_none() && !done_sending && now >= reconnect_at {
+            match TcpLink::open(config.server, tick, config.timeout.min(RECONNECT_TIMEOUT)) {
+                Ok(opened) => {
+                    link = Some(opened);
+                    last_write = now;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot reconnect; counting a query as lost");
+                    reconnect_at = now + RECONNECT_PAUSE;
+                    if local.next_query(shared, now).is_some() {
+                        stats.sent += 1;
+                        local.unpublished_sent += 1;
+                        record_lost(&mut stats, shared.live, 1);
+                    } else {
+                        done_sending = true;
+                    }
+                }
+            }
+        }
+        let Some(active) = link.as_mut() else {
+            if done_sending {
+                local.publish(shared.live);
+                return Ok(stats);
+            }
+            std::thread::sleep(reconnect_at.saturating_duration_since(now).min(tick));
+            continue;
+        };
+
+        if !done_sending && shared.past_deadline(now) {
+            done_sending = true;
+        }
+        if !done_sending && write_buffer.is_empty() {
+            while outstanding.count < room {
+                match local.next_due(shared, share, now) {
+                    None => {
+                        done_sending = true;
+                        break;
+                    }
+                    Some(Due::At(_)) => break,
+                    Some(Due::Now) => {}
+                }
+                let Some((query_index, query)) = local.next_query(shared, now) else {
+                    done_sending = true;
+                    break;
+                };
+                // One clock read per burst: the writes of a burst leave together.
+                let id = outstanding.add(now, query_index);
+                stats.sent += 1;
+                local.unpublished_sent += 1;
+                TcpLink::queue(&query.wire, id, &mut write_buffer);
+            }
+        }
+        let mut stalled = false;
+        match active.flush(&mut write_buffer) {
+            Ok(written) if written > 0 || write_buffer.is_empty() => last_write = now,
+            Ok(_) => stalled = now.duration_since(last_write) >= config.timeout,
+            Err(err) if is_disconnect(&err) => {
+                // Never written: their queries are lost with the connection. The replies
+                // already read are counted below before the read reports the close.
+                write_buffer.clear();
+            }
+            Err(err) => return Err(io_error(config, err)),
+        }
+
+        let received = if stalled {
+            tracing::debug!(server = %config.server, "the server has stopped reading; reconnecting");
+            Received::Closed
+        } else {
+            active
+                .receive(&mut batch)
+                .map_err(|err| io_error(config, err))?
+        };
+        match received {
             Received::Nothing => {}
             Received::Closed => {
+                tracing::debug!(server = %config.server, "connection closed by the server");
                 let expired = outstanding.expire_all();
                 record_lost(&mut stats, shared.live, expired);
-                if done_sending {
-                    local.publish(shared.live);
-                    return Ok(stats);
-                }
-                link = reconnect(config, tick)?;
+                write_buffer.clear();
+                link = None;
+                reconnect_at = now;
             }
             Received::Messages => {
                 let answered_at = Instant::now();
-                for (id, rcode) in batch.replies().filter_map(reply_header) {
-                    match outstanding.take(id) {
-                        Some(pending) => {
+                for reply in batch.replies() {
+                    let Some((id, rcode)) = reply_header(reply) else {
+                        continue;
+                    };
+                    match outstanding.take_reply(id, reply, shared.queries) {
+                        Matched::Answer(pending) => {
                             record_answer(
                                 &mut stats,
                                 pending,
@@ -962,7 +1138,8 @@ fn run_tcp(
                             );
                             local.unpublished_answered += 1;
                         }
-                        None => stats.late_replies += 1,
+                        Matched::Late => stats.late_replies += 1,
+                        Matched::OtherQuestion => stats.other_question_replies += 1,
                     }
                 }
             }
@@ -970,14 +1147,97 @@ fn run_tcp(
     }
 }
 
-fn reconnect(config: &BenchConfig, tick: Duration) -> Result<TcpLink, BenchError> {
-    tracing::debug!(server = %config.server, "connection closed by the server; reconnecting");
-    TcpLink::open(config.server, tick)
+/// How long a TCP worker waits for its first connection, before the clock starts.
+const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP worker waits for a reconnection mid-run (or the query timeout, if shorter),
+/// and between attempts.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
+fn io_error(config: &BenchConfig, source: io::Error) -> BenchError {
+    BenchError::Io {
+        server: config.server,
+        source,
+    }
 }
 
 fn record_lost(stats: &mut WorkerStats, live: &LiveStats, lost: u64) {
     if lost > 0 {
         stats.lost += lost;
         live.lost.fetch_add(lost, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(text: &str) -> BenchQuery {
+        super::super::parse_query_file(text)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+    }
+
+    /// `query`'s bytes as a reply: QR set, with `edit` applied.
+    fn reply(query: &BenchQuery, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut reply = query.wire.clone();
+        reply[2] |= 0x80;
+        edit(&mut reply);
+        reply
+    }
+
+    #[test]
+    fn a_reply_matches_its_question_in_any_case_and_nothing_else() {
+        let asked = query("www.Example.com A\n");
+        assert!(same_question(&reply(&asked, |_| {}), &asked.wire));
+        let shouted = reply(&asked, |reply| reply[13..].make_ascii_uppercase());
+        assert!(same_question(&shouted, &asked.wire));
+        let other_name = reply(&asked, |reply| reply[14] = b'x');
+        assert!(!same_question(&other_name, &asked.wire));
+        // Type 65 (HTTPS) is 0x41, an ASCII letter: the type is compared exactly.
+        let https = query("www.example.com TYPE65\n");
+        let type_97 = reply(&https, |reply| {
+            let at = reply.len() - 3;
+            reply[at] = 0x61;
+        });
+        assert!(!same_question(&type_97, &https.wire));
+        let cut = reply(&asked, |reply| reply.truncate(20));
+        assert!(!same_question(&cut, &asked.wire));
+        // No question at all (as some servers send FORMERR): the ID decides.
+        let bare = reply(&asked, |reply| {
+            reply.truncate(HEADER_LEN);
+            reply[5] = 0;
+        });
+        assert!(same_question(&bare, &asked.wire));
+    }
+
+    #[test]
+    fn a_reply_to_another_question_leaves_the_query_waiting() {
+        let queries = [query("a.example A\n"), query("b.example A\n")];
+        let mut outstanding = Outstanding::new();
+        let now = Instant::now();
+        let id = outstanding.add(now, 1);
+        let for_a = reply(&queries[0], |reply| {
+            reply[..2].copy_from_slice(&id.to_be_bytes())
+        });
+        assert!(matches!(
+            outstanding.take_reply(id, &for_a, &queries),
+            Matched::OtherQuestion
+        ));
+        assert_eq!(outstanding.count, 1);
+        let for_b = reply(&queries[1], |reply| {
+            reply[..2].copy_from_slice(&id.to_be_bytes())
+        });
+        assert!(matches!(
+            outstanding.take_reply(id, &for_b, &queries),
+            Matched::Answer(Pending { query: 1, .. })
+        ));
+        assert!(matches!(
+            outstanding.take_reply(id, &for_b, &queries),
+            Matched::Late
+        ));
+        assert_eq!(outstanding.count, 0);
     }
 }
