@@ -37,6 +37,11 @@ use crate::{
     wire::dname_target,
 };
 
+/// How many times one zone's servers are gone round when some of them time out: a first try
+/// and two more, as a stub resolver retries a few times before giving up (Unbound retries an
+/// unanswered server up to 5 times).
+const MAX_ROUNDS_PER_ZONE: u32 = 3;
+
 /// The result of one resolution that reached an authoritative conclusion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -597,6 +602,9 @@ impl Resolver {
         // usually one or two: a Vec searched in place costs less than a hashed set, and
         // nothing until the first push.
         let mut tried: Vec<IpAddr> = Vec::new();
+        // Servers whose last query here went unanswered; each round, they are asked again.
+        let mut unanswered: Vec<IpAddr> = Vec::new();
+        let mut rounds = 1;
         let mut looked_up: Vec<Name> = Vec::new();
         let mut refused_counted = false;
         let mut failures: Vec<String> = Vec::new();
@@ -625,6 +633,16 @@ impl Resolver {
                     .iter()
                     .find(|ns| !looked_up.contains(*ns) && self.addresses_of(ns).is_empty());
                 let Some(ns) = pending.cloned() else {
+                    // Every server has been asked. Those that did not answer at all get another
+                    // round, with timeouts doubled by their failure: one lost datagram to a
+                    // zone's only server would otherwise fail the resolution after the 50 ms an
+                    // RTT-based timeout may be.
+                    if !unanswered.is_empty() && rounds < MAX_ROUNDS_PER_ZONE {
+                        rounds += 1;
+                        tried.retain(|ip| !unanswered.contains(ip));
+                        unanswered.clear();
+                        continue;
+                    }
                     return Err(no_server(
                         zone,
                         &if failures.is_empty() {
@@ -765,6 +783,9 @@ impl Resolver {
             let exchanged = match result {
                 Ok(exchanged) => exchanged,
                 Err(err) => {
+                    if sent && matches!(err, ExchangeError::Timeout(_)) {
+                        unanswered.push(ip);
+                    }
                     rate_failure();
                     fail(
                         work,

@@ -117,7 +117,10 @@ impl ServerSelection {
             return max;
         };
         let doublings = state.failures.min(16);
-        let timeout_ms = measured.timeout_ms() * f64::from(1u32 << doublings);
+        // Doubled from the floor at least, so each retry of a fast server that went quiet
+        // waits longer than the last.
+        let floor_ms = MIN_QUERY_TIMEOUT.as_secs_f64() * 1000.0;
+        let timeout_ms = measured.timeout_ms().max(floor_ms) * f64::from(1u32 << doublings);
         // Bounded above by `max` before converting, so the f64 is finite and in range.
         let timeout = Duration::from_secs_f64((timeout_ms / 1000.0).min(max.as_secs_f64()));
         timeout.max(MIN_QUERY_TIMEOUT).min(max)
@@ -331,6 +334,11 @@ mod tests {
         selection.record_failure(server, Duration::from_millis(239));
         let doubled = selection.query_timeout(server, max).as_secs_f64() * 1000.0;
         assert!((doubled - 477.5).abs() < 0.01, "{doubled}");
+        // A server fast enough for the floor backs off from the floor.
+        let quick = ip("192.0.2.9");
+        selection.record_reply(quick, Duration::from_millis(1));
+        selection.record_failure(quick, MIN_QUERY_TIMEOUT);
+        assert_eq!(selection.query_timeout(quick, max), 2 * MIN_QUERY_TIMEOUT);
         for _ in 0..5 {
             selection.record_failure(server, max);
         }

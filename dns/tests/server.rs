@@ -674,6 +674,27 @@ async fn expired_answers_are_served_stale_when_the_authority_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_the_only_server_does_not_answer_in_time_is_sent_again() {
+    let fixture = Fixture::start().await;
+    // The leaf's RTT is now measured in microseconds, so its timeout is the 50 ms floor.
+    udp_ask(
+        fixture.udp(),
+        &query(1, "www.example.test.", RecordType::A, None),
+    )
+    .await;
+    fixture.slow_leaf(Duration::from_millis(80));
+    let answer = udp_ask(
+        fixture.udp(),
+        &query(2, "slow.example.test.", RecordType::A, None),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 3)]);
+    // Unanswered within 50 ms, then answered within the doubled 100 ms.
+    assert_eq!(fixture.leaf_queries_for("slow.example.test."), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_the_acl_and_keeps_the_cache() {
     let fixture = Fixture::start().await;
     let www = query(1, "www.example.test.", RecordType::A, None);
