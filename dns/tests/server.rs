@@ -232,10 +232,13 @@ async fn malformed_and_unsupported_queries_get_formerr_and_notimp() {
     assert_eq!(reply.metadata.id, 0xABCD);
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
 
-    let mut status = query(9, "www.example.test.", RecordType::A, None);
+    let mut status = query(9, "www.example.test.", RecordType::A, Some(1232));
     status[2] |= 2 << 3; // opcode STATUS
     let reply = udp_ask(fixture.udp(), &status).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+    // RFC 6891 section 7: a request with OPT gets OPT back, whatever the rcode.
+    assert!(reply.edns.is_some(), "NOTIMP dropped the client's OPT");
+    assert_eq!(reply.queries.len(), 1);
 
     let mut badvers = query(10, "www.example.test.", RecordType::A, Some(1232));
     let version_at = badvers.len() - 5; // OPT TTL: ext-rcode, version, flags
@@ -566,6 +569,108 @@ async fn tcp_connections_past_the_bound_are_closed_on_accept() {
     drop(held);
 }
 
+/// A connection to `server` whose receive buffer is small, so its replies back up quickly,
+/// writing `frames` from a task and never reading.
+async fn tcp_sender_that_never_reads(
+    server: SocketAddr,
+    frames: Vec<u8>,
+) -> (tokio::net::tcp::OwnedReadHalf, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (reader, mut writer) = socket.connect(server).await.unwrap().into_split();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(&frames).await;
+        // Held open (the server must be the one to give up), until the test aborts this.
+        std::future::pending::<()>().await;
+    });
+    (reader, sending)
+}
+
+fn tcp_frame(packet: Vec<u8>) -> Vec<u8> {
+    let mut frame = u16::try_from(packet.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&packet);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_client_that_never_reads_loses_its_connection_slot() {
+    let fixture = Fixture::with(|config| {
+        config.max_tcp_connections = 1;
+        config.tcp_idle_timeout_ms = 200;
+    })
+    .await;
+    let frame = tcp_frame(query(1, "localhost.", RecordType::A, None));
+    let (_reader, sending) =
+        tcp_sender_that_never_reads(fixture.tcp(), frame.repeat(200_000)).await;
+    // Once the server gives that connection up, the one slot serves a new client. Tried for
+    // at most 50 rounds of 200 ms.
+    let mut answered = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(mut next) = TcpStream::connect(fixture.tcp()).await else {
+            continue;
+        };
+        if next.write_all(&frame).await.is_err() {
+            continue;
+        }
+        let mut length = [0u8; 2];
+        let read = tokio::time::timeout(Duration::from_secs(1), next.read_exact(&mut length));
+        if matches!(read.await, Ok(Ok(_))) {
+            answered = true;
+            break;
+        }
+    }
+    sending.abort();
+    assert!(answered, "{:?}", fixture.server.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_client_that_never_reads_is_not_read_without_bound() {
+    let fixture = Fixture::with(|config| {
+        config.tcp_idle_timeout_ms = 300;
+        config.max_concurrent_resolutions = 1;
+        config.max_pending_queries = 1;
+    })
+    .await;
+    // Distinct long names: every one a miss, answered SERVFAIL at once past the bounds.
+    let label = "x".repeat(60);
+    let sent = 60_000u32;
+    let frames: Vec<u8> = (0..sent)
+        .flat_map(|number| {
+            let name = format!("q{number}.{label}.{label}.{label}.example.test.");
+            tcp_frame(query(1, &name, RecordType::A, None))
+        })
+        .collect();
+    let (mut reader, sending) = tcp_sender_that_never_reads(fixture.tcp(), frames).await;
+    // Until the server has read nothing more for a second (at most 40 looks, 250 ms apart).
+    let (mut read_by_server, mut unchanged) = (0, 0);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = fixture.server.stats().queries;
+        unchanged = if now == read_by_server {
+            unchanged + 1
+        } else {
+            0
+        };
+        read_by_server = now;
+        if unchanged == 4 {
+            break;
+        }
+    }
+    // And it has given the connection up: reading drains what it had sent, then ends.
+    let mut drained = vec![0u8; 65_536];
+    let closed = tokio::time::timeout(TIMEOUT, async {
+        while matches!(reader.read(&mut drained).await, Ok(read) if read > 0) {}
+    })
+    .await;
+    sending.abort();
+    assert!(
+        read_by_server < u64::from(sent) / 3,
+        "the server read {read_by_server} of {sent} queries from a client that took no replies"
+    );
+    assert!(closed.is_ok(), "the server kept the connection open");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_queries_hits_rcodes_and_resolution_time() {
     let fixture = Fixture::with(|config| {
@@ -671,6 +776,39 @@ async fn expired_answers_are_served_stale_when_the_authority_dies() {
     let stats = fixture.server.stats();
     assert_eq!(stats.stale_answers, 1);
     assert_eq!(stats.cache_misses, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_answers_are_served_stale_when_the_server_is_overloaded() {
+    let fixture = Fixture::with(|config| {
+        config.serve_stale_max_seconds = 60;
+        config.stale_client_timeout_ms = 300;
+        config.prefetch_percent = 0;
+        config.max_concurrent_resolutions = 1;
+        config.max_pending_queries = 1;
+    })
+    .await;
+    let stale = query(1, "stale.example.test.", RecordType::A, None);
+    udp_ask(fixture.udp(), &stale).await;
+    // The 1 s TTL runs out while a resolution the leaf never answers in time (three tries,
+    // at least 50 + 100 + 200 ms) takes the one pending place.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fixture.slow_leaf(Duration::from_secs(2));
+    let blocker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    blocker
+        .send_to(
+            &query(2, "slow.example.test.", RecordType::A, None),
+            fixture.udp(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = udp_ask(fixture.udp(), &stale).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 30)]);
+    assert_eq!(answer.answers[0].ttl, 30, "a stale answer's TTL");
+    let stats = fixture.server.stats();
+    assert_eq!((stats.overloaded, stats.stale_answers), (1, 1), "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

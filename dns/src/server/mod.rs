@@ -581,7 +581,9 @@ impl Core {
         }
         if (packet[2] >> 3) & 0x0F != 0 {
             Counters::bump(&counters.notimp);
-            error_reply(packet, None, RCODE_NOTIMP, out);
+            // With the question and OPT when they parse (RFC 6891 section 7: a request with OPT
+            // gets OPT back, whatever the rcode).
+            error_reply(packet, parsed.as_ref().ok(), RCODE_NOTIMP, out);
             return Fast::Reply;
         }
         let query = match parsed {
@@ -691,6 +693,12 @@ impl Core {
             },
             None => {
                 Counters::bump(&counters.overloaded);
+                // Overload is when an expired answer helps most (RFC 8767).
+                if stale_client_timeout.is_some()
+                    && let Some(reply) = self.stale_reply(&query, max_len)
+                {
+                    return reply;
+                }
                 servfail_template(&query).into()
             }
         };
@@ -1022,7 +1030,18 @@ async fn tcp_accept_loop(
     }
 }
 
+/// Replies one TCP connection may have queued or being resolved at once. The reader takes a
+/// slot before it reads each query, so a client that sends without reading its replies stops
+/// being read once this many are waiting, instead of making the server resolve and hold a
+/// reply for every query it sends.
+const TCP_REPLIES_IN_FLIGHT: usize = 64;
+
 /// One TCP connection: length-prefixed queries, answered in completion order (pipelining).
+///
+/// The connection ends when the client sends nothing for `idle_timeout` between queries,
+/// takes none of a reply for that long, or leaves a query's reply slot unfreed for that long
+/// (it stopped reading): otherwise a client that never reads would hold its connection, and
+/// its share of `max_tcp_connections`, for ever.
 async fn serve_tcp(
     core: Arc<Core>,
     stream: TcpStream,
@@ -1033,13 +1052,16 @@ async fn serve_tcp(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let (replies, mut outbox) = mpsc::channel::<Vec<u8>>(64);
+    let (replies, mut outbox) = mpsc::channel::<Vec<u8>>(TCP_REPLIES_IN_FLIGHT);
     let writer_task = tokio::spawn(async move {
         while let Some(reply) = outbox.recv().await {
             let Ok(frame) = frame_tcp(&reply) else {
                 continue;
             };
-            if writer.write_all(&frame).await.is_err() {
+            if !matches!(
+                tokio::time::timeout(idle_timeout, writer.write_all(&frame)).await,
+                Ok(Ok(()))
+            ) {
                 break;
             }
         }
@@ -1048,6 +1070,14 @@ async fn serve_tcp(
     let mut packet = Vec::new();
     let mut out = Vec::new();
     loop {
+        let slot = tokio::select! {
+            slot = tokio::time::timeout(idle_timeout, replies.clone().reserve_owned()) => slot,
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+        };
+        // The writer has stopped (the client went away), or the client is not reading.
+        let Ok(Ok(slot)) = slot else {
+            break;
+        };
         let read = tokio::select! {
             read = tokio::time::timeout(idle_timeout, reader.read_exact(&mut length)) => read,
             _ = shutdown.wait_for(|stopping| *stopping) => break,
@@ -1073,17 +1103,17 @@ async fn serve_tcp(
         match fast {
             Fast::Reply => {
                 core.counters.count_reply(&out);
-                if !out.is_empty() && replies.send(out.clone()).await.is_err() {
-                    break;
+                if !out.is_empty() {
+                    slot.send(std::mem::take(&mut out));
                 }
             }
             Fast::Drop => {}
             Fast::Miss(query, max_len) => {
-                let (core, replies, guard) = (core.clone(), replies.clone(), in_flight.clone());
+                let (core, guard) = (core.clone(), in_flight.clone());
                 tokio::spawn(async move {
                     let reply = core.answer_miss(query, max_len).await;
                     core.counters.count_reply(&reply);
-                    let _ = replies.send(reply).await;
+                    slot.send(reply);
                     drop(guard);
                 });
             }
