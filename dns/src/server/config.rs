@@ -55,8 +55,8 @@ pub struct ServerConfig {
     /// With serve-stale on, how long a client waits for a fresh answer before it gets a stale
     /// one (RFC 8767 suggests 1.8 s).
     pub stale_client_timeout_ms: u64,
-    /// Queries per second one client IP address may send; past it (and the burst) its queries
-    /// are dropped unanswered. 0 (the default) turns the limit off.
+    /// Queries per second one client (an IPv4 address, or an IPv6 /64) may send; past it (and
+    /// the burst) its queries are dropped unanswered. 0 (the default) turns the limit off.
     pub rate_limit_per_client: u32,
     /// Queries a client may send at once before the rate applies (0: the same as the rate).
     pub rate_limit_burst: u32,
