@@ -776,6 +776,19 @@ async fn expired_answers_are_served_stale_when_the_authority_dies() {
     let stats = fixture.server.stats();
     assert_eq!(stats.stale_answers, 1);
     assert_eq!(stats.cache_misses, 2);
+
+    // The refresh gives up after three unanswered tries (50 + 100 + 200 ms); from then on, for
+    // RFC 8767's failure recheck time, the stale answer comes at once and nothing is resolved.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let resolutions_before = fixture.server.stats().resolutions;
+    let again = udp_ask(fixture.udp(), &stale).await;
+    assert_eq!(a_addresses(&again), [Ipv4Addr::new(192, 0, 2, 30)]);
+    let stats = fixture.server.stats();
+    assert_eq!(stats.stale_answers, 2);
+    assert_eq!(
+        stats.resolutions, resolutions_before,
+        "a question whose refresh just failed was resolved again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! a miss past the bound is answered SERVFAIL at once instead of queueing.
 
 mod config;
+mod failure_recheck;
 mod rate_limit;
 mod request_check;
 mod respond;
@@ -121,6 +122,7 @@ impl DnsServer {
             counters,
             registry,
             inflight: Mutex::new(HashMap::new()),
+            failed_refreshes: failure_recheck::FailureRecheck::default(),
             resolutions: Arc::new(Semaphore::new(config.max_concurrent_resolutions)),
             pending: AtomicUsize::new(0),
             max_pending: config.max_pending_queries,
@@ -397,6 +399,9 @@ struct Core {
     registry: prometheus_client::registry::Registry,
     /// Resolutions running, by question; late askers wait on the same channel.
     inflight: Mutex<HashMap<Vec<u8>, TemplateReceiver>>,
+    /// Questions whose refresh failed lately: with serve-stale on, their expired answers are
+    /// served at once.
+    failed_refreshes: failure_recheck::FailureRecheck,
     resolutions: Arc<Semaphore>,
     pending: AtomicUsize,
     max_pending: usize,
@@ -478,6 +483,7 @@ impl Core {
             counters,
             registry,
             inflight: Mutex::new(HashMap::new()),
+            failed_refreshes: failure_recheck::FailureRecheck::default(),
             resolutions: Arc::new(Semaphore::new(1)),
             pending: AtomicUsize::new(0),
             max_pending: 1,
@@ -668,6 +674,14 @@ impl Core {
         let counters = &self.counters;
         // Read before awaiting: the lock guard must not be held across an await.
         let stale_client_timeout = self.policy.read().stale_client_timeout;
+        if stale_client_timeout.is_some()
+            && self
+                .failed_refreshes
+                .failed_lately(|| query.key(), Instant::now())
+            && let Some(reply) = self.stale_reply(&query, max_len)
+        {
+            return reply;
+        }
         let template = match PendingGuard::enter(&self.pending, self.max_pending) {
             Some(_pending) => match stale_client_timeout {
                 // This future always runs to the end (misses are detached tasks), so it can do
@@ -830,6 +844,10 @@ impl Core {
             permit,
         } = leading;
         let template = self.resolve_to_template(query, refresh).await;
+        if is_servfail(&template) && self.policy.read().stale_client_timeout.is_some() {
+            self.failed_refreshes
+                .note_failure(&entry.key, Instant::now());
+        }
         drop(entry);
         let _ = sender.send(Some(template.clone()));
         drop(permit);
