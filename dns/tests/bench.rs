@@ -692,3 +692,27 @@ fn a_query_file_that_is_not_text_names_the_line() {
         "{err}"
     );
 }
+
+#[test]
+fn at_a_rate_failed_reconnects_spend_queries_on_schedule() {
+    // Takes one connection, closes it, and stops listening.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || drop(listener.accept().unwrap()));
+    let mut config = config(addr, Stop::Count(10));
+    config.transport = Transport::Tcp;
+    config.load = Load::Rate(20);
+    config.sockets = 1;
+    config.timeout = Duration::from_millis(200);
+    let report = run_within(config, QUERIES, Duration::from_secs(30));
+    server.join().unwrap();
+
+    assert_eq!((report.sent, report.answered, report.lost), (10, 0, 10));
+    // Query 9 is due 450 ms after the start; each failed attempt costs one query, but never
+    // one that is not yet due.
+    assert!(
+        report.elapsed_seconds >= 0.44,
+        "ten queries at 20 qps were spent in {} s",
+        report.elapsed_seconds
+    );
+}

@@ -559,12 +559,14 @@ impl TcpLink {
     }
 
     /// Write the queued queries in one go (pipelining), as far as the connection takes them
-    /// within the write timeout; what it does not take stays queued for the next call. Returns
-    /// how many bytes it took.
-    fn flush(&mut self, write_buffer: &mut Vec<u8>) -> io::Result<usize> {
+    /// within about `tick` (each write call times out after a tick, and no new call starts
+    /// after one); what it does not take stays queued for the next call. Returns how many
+    /// bytes it took.
+    fn flush(&mut self, write_buffer: &mut Vec<u8>, tick: Duration) -> io::Result<usize> {
+        let started = Instant::now();
         let mut written = 0;
         let mut outcome = Ok(());
-        while written < write_buffer.len() {
+        while written < write_buffer.len() && (written == 0 || started.elapsed() < tick) {
             match self.stream.write(&write_buffer[written..]) {
                 Ok(0) => {
                     outcome = Err(io::ErrorKind::WriteZero.into());
@@ -1038,21 +1040,29 @@ fn run_tcp(
             return Ok(stats);
         }
 
-        if link.is_none() && !done_sending && now >= reconnect_at {
-            match TcpLink::open(config.server, tick, config.timeout.min(RECONNECT_TIMEOUT)) {
-                Ok(opened) => {
-                    link = Some(opened);
-                    last_write = now;
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "cannot reconnect; counting a query as lost");
-                    reconnect_at = now + RECONNECT_PAUSE;
-                    if local.next_query(shared, now).is_some() {
-                        stats.sent += 1;
-                        local.unpublished_sent += 1;
-                        record_lost(&mut stats, shared.live, 1);
-                    } else {
-                        done_sending = true;
+        if link.is_none() && !done_sending {
+            match local.next_due(shared, share, now) {
+                None => done_sending = true,
+                // Not before a query is due: a failed attempt costs one, and at a rate it must
+                // not be spent ahead of the schedule.
+                Some(Due::At(due)) => reconnect_at = reconnect_at.max(due),
+                Some(Due::Now) if now < reconnect_at => {}
+                Some(Due::Now) => {
+                    match TcpLink::open(config.server, tick, config.timeout.min(RECONNECT_TIMEOUT))
+                    {
+                        Ok(opened) => {
+                            link = Some(opened);
+                            last_write = now;
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, "cannot reconnect; counting a query as lost");
+                            reconnect_at = now + RECONNECT_PAUSE;
+                            if local.next_query(shared, now).is_some() {
+                                stats.sent += 1;
+                                local.unpublished_sent += 1;
+                                record_lost(&mut stats, shared.live, 1);
+                            }
+                        }
                     }
                 }
             }
@@ -1090,36 +1100,29 @@ fn run_tcp(
                 TcpLink::queue(&query.wire, id, &mut write_buffer);
             }
         }
-        let mut stalled = false;
-        match active.flush(&mut write_buffer) {
+        // Whether to give the connection up after the replies already here are counted.
+        let mut give_up = false;
+        match active.flush(&mut write_buffer, tick) {
             Ok(written) if written > 0 || write_buffer.is_empty() => last_write = now,
-            Ok(_) => stalled = now.duration_since(last_write) >= config.timeout,
+            Ok(_) if now.duration_since(last_write) >= config.timeout => {
+                tracing::debug!(server = %config.server, "the server has stopped reading");
+                give_up = true;
+            }
+            Ok(_) => {}
             Err(err) if is_disconnect(&err) => {
-                // Never written: their queries are lost with the connection. The replies
-                // already read are counted below before the read reports the close.
-                write_buffer.clear();
+                // Perhaps half a query went out: nothing more can follow it on this connection.
+                tracing::debug!(server = %config.server, error = %err, "write failed");
+                give_up = true;
             }
             Err(err) => return Err(io_error(config, err)),
         }
 
-        let received = if stalled {
-            tracing::debug!(server = %config.server, "the server has stopped reading; reconnecting");
-            Received::Closed
-        } else {
-            active
-                .receive(&mut batch)
-                .map_err(|err| io_error(config, err))?
-        };
-        match received {
+        match active
+            .receive(&mut batch)
+            .map_err(|err| io_error(config, err))?
+        {
             Received::Nothing => {}
-            Received::Closed => {
-                tracing::debug!(server = %config.server, "connection closed by the server");
-                let expired = outstanding.expire_all();
-                record_lost(&mut stats, shared.live, expired);
-                write_buffer.clear();
-                link = None;
-                reconnect_at = now;
-            }
+            Received::Closed => give_up = true,
             Received::Messages => {
                 let answered_at = Instant::now();
                 for reply in batch.replies() {
@@ -1143,6 +1146,14 @@ fn run_tcp(
                     }
                 }
             }
+        }
+        if give_up {
+            // Its queries, sent or still queued, are lost with it; the next loop reconnects.
+            let expired = outstanding.expire_all();
+            record_lost(&mut stats, shared.live, expired);
+            write_buffer.clear();
+            link = None;
+            reconnect_at = now;
         }
     }
 }
