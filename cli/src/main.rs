@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = args::Cli::parse();
     if let Err(err) = logging::init(&cli.global) {
-        eprintln!("edgekit: cannot set up logging: {err:#}");
+        eprintln!("edgekit: cannot set up logging: {}", exit::describe(&err));
         return ExitCode::from(exit::FAILURE);
     }
     match cmd::run(cli) {

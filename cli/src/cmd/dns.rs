@@ -135,7 +135,10 @@ fn reload(server: &DnsServer, args: &ServeArgs, overrides: &ResolverOverrides, t
             "reloaded the configuration; changes to {} apply only after a restart",
             needs_restart.join(", ")
         ),
-        Err(error) => eprintln!("reload failed, keeping the running configuration: {error:#}"),
+        Err(error) => eprintln!(
+            "reload failed, keeping the running configuration: {}",
+            crate::exit::describe(&error)
+        ),
     }
 }
 

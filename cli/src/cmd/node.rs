@@ -347,7 +347,10 @@ async fn drain(
     lock(&parts.kv).1 = None;
     if let Some(task) = kv_task {
         match task.await {
-            Ok(Err(error)) => tracing::warn!("the kv node stopped with an error: {error:#}"),
+            Ok(Err(error)) => tracing::warn!(
+                "the kv node stopped with an error: {}",
+                crate::exit::describe(&error)
+            ),
             Err(error) => tracing::warn!("the kv node task failed: {error}"),
             Ok(Ok(())) => {}
         }
@@ -365,7 +368,10 @@ fn reload(path: Option<&Path>, running: &mut Loaded, parts: &Parts) {
     let new = match config::load(Some(path)) {
         Ok(new) => new,
         Err(error) => {
-            eprintln!("reload failed, keeping the running configuration: {error:#}");
+            eprintln!(
+                "reload failed, keeping the running configuration: {}",
+                crate::exit::describe(&error)
+            );
             return;
         }
     };
@@ -381,7 +387,8 @@ fn reload(path: Option<&Path>, running: &mut Loaded, parts: &Parts) {
         server_config.prefetch_percent = new.config.dns.server.prefetch_percent;
         server_config.stale_client_timeout_ms = new.config.dns.server.stale_client_timeout_ms;
         if let Err(error) = server.reload(server_config.clone()) {
-            eprintln!("reload failed, keeping the running configuration: {error:#}");
+            // A library error: its message already says its cause.
+            eprintln!("reload failed, keeping the running configuration: {error}");
             return;
         }
         running.config.dns.server = server_config;
