@@ -636,7 +636,12 @@ impl Resolver {
                     // Every server has been asked. Those that did not answer at all get another
                     // round, with timeouts doubled by their failure: one lost datagram to a
                     // zone's only server would otherwise fail the resolution after the 50 ms an
-                    // RTT-based timeout may be.
+                    // RTT-based timeout may be. Not a server that has failed that many times
+                    // in a row already, over all resolutions: it is down, not unlucky, and
+                    // asking it again would only multiply the load on it and the wait.
+                    unanswered.retain(|ip| {
+                        self.inner.servers.failures_since_reply(*ip) < MAX_ROUNDS_PER_ZONE
+                    });
                     if !unanswered.is_empty() && rounds < MAX_ROUNDS_PER_ZONE {
                         rounds += 1;
                         tried.retain(|ip| !unanswered.contains(ip));
@@ -783,6 +788,8 @@ impl Resolver {
             let exchanged = match result {
                 Ok(exchanged) => exchanged,
                 Err(err) => {
+                    // Only this resolution's own query: a shared one that timed out was
+                    // another resolution's to retry.
                     if sent && matches!(err, ExchangeError::Timeout(_)) {
                         unanswered.push(ip);
                     }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,44 +17,89 @@ pub(crate) const RECHECK_AFTER: Duration = Duration::from_secs(30);
 /// askers resolve as usual).
 const MAX_REMEMBERED: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FailureRecheck {
-    failed_at: Mutex<HashMap<Vec<u8>, Instant>>,
-    /// Whether anything is remembered: while nothing is, a miss pays one load and no lock.
-    any: AtomicBool,
+    failed_at: Mutex<Remembered>,
+    /// When the last failure was noted, in milliseconds after `base` (0: never): once that is
+    /// [`RECHECK_AFTER`] ago, nothing remembered matters, and a miss pays one load and no lock.
+    last_failure_ms: AtomicU64,
+    base: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Remembered {
+    by_question: HashMap<Vec<u8>, Instant>,
+    /// While full of failures younger than [`RECHECK_AFTER`], no new one is noted before this,
+    /// so a full map is not scanned on every failure.
+    full_until: Option<Instant>,
+}
+
+impl Default for FailureRecheck {
+    fn default() -> Self {
+        Self {
+            failed_at: Mutex::default(),
+            last_failure_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
 }
 
 impl FailureRecheck {
     /// The refresh of the question `key` failed at `now`.
     pub(crate) fn note_failure(&self, key: &[u8], now: Instant) {
-        let mut failed_at = self.failed_at.lock();
-        if failed_at.len() >= MAX_REMEMBERED {
-            failed_at.retain(|_, at| now.saturating_duration_since(*at) < RECHECK_AFTER);
+        let mut remembered = self.failed_at.lock();
+        if remembered.full_until.is_some_and(|until| now < until) {
+            return;
         }
-        if failed_at.len() < MAX_REMEMBERED {
-            failed_at.insert(key.to_vec(), now);
-            self.any.store(true, Ordering::Release);
+        if remembered.by_question.len() >= MAX_REMEMBERED {
+            remembered
+                .by_question
+                .retain(|_, at| now.saturating_duration_since(*at) < RECHECK_AFTER);
+            if remembered.by_question.len() >= MAX_REMEMBERED {
+                let oldest = remembered.by_question.values().min().copied();
+                remembered.full_until = oldest.map(|at| at + RECHECK_AFTER);
+                return;
+            }
+            remembered.full_until = None;
         }
+        remembered.by_question.insert(key.to_vec(), now);
+        let since_base = now.saturating_duration_since(self.base).as_millis();
+        let since_base = u64::try_from(since_base).unwrap_or(u64::MAX).max(1);
+        self.last_failure_ms
+            .fetch_max(since_base, Ordering::Release);
     }
 
-    /// Whether the question's refresh failed less than [`RECHECK_AFTER`] before `now`.
+    /// Whether the question's refresh failed less than [`RECHECK_AFTER`] before `now`; `key`
+    /// is only built when some failure is that recent.
     pub(crate) fn failed_lately(&self, key: impl FnOnce() -> Vec<u8>, now: Instant) -> bool {
-        if !self.any.load(Ordering::Acquire) {
+        if !self.any_lately(now) {
             return false;
         }
         let key = key();
-        let mut failed_at = self.failed_at.lock();
-        match failed_at.get(&key) {
+        let mut remembered = self.failed_at.lock();
+        match remembered.by_question.get(&key) {
             Some(at) if now.saturating_duration_since(*at) < RECHECK_AFTER => true,
             Some(_) => {
-                failed_at.remove(&key);
-                if failed_at.is_empty() {
-                    self.any.store(false, Ordering::Release);
-                }
+                remembered.by_question.remove(&key);
                 false
             }
             None => false,
         }
+    }
+
+    /// The question was answered: forget its failure, if one is remembered. Costs one load
+    /// when no failure was ever noted.
+    pub(crate) fn note_success(&self, key: &[u8]) {
+        if self.last_failure_ms.load(Ordering::Acquire) != 0 && self.any_lately(Instant::now()) {
+            self.failed_at.lock().by_question.remove(key);
+        }
+    }
+
+    fn any_lately(&self, now: Instant) -> bool {
+        let last = self.last_failure_ms.load(Ordering::Acquire);
+        let since_base = now.saturating_duration_since(self.base).as_millis();
+        let recheck_ms = RECHECK_AFTER.as_millis();
+        last != 0 && since_base.saturating_sub(u128::from(last)) < recheck_ms
     }
 }
 
@@ -63,16 +108,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failure_holds_for_the_recheck_time_then_is_forgotten() {
+    fn a_failure_holds_for_the_recheck_time_or_until_an_answer() {
         let recheck = FailureRecheck::default();
         let start = Instant::now();
-        assert!(!recheck.failed_lately(|| b"a".to_vec(), start));
+        assert!(!recheck.failed_lately(|| unreachable!("nothing failed"), start));
         recheck.note_failure(b"a", start);
         assert!(recheck.failed_lately(|| b"a".to_vec(), start + RECHECK_AFTER / 2));
         assert!(!recheck.failed_lately(|| b"b".to_vec(), start));
-        assert!(!recheck.failed_lately(|| b"a".to_vec(), start + RECHECK_AFTER));
-        assert!(recheck.failed_at.lock().is_empty());
-        assert!(!recheck.any.load(Ordering::Acquire));
+        let later = start + RECHECK_AFTER + Duration::from_millis(1);
+        assert!(!recheck.failed_lately(|| unreachable!("all too old"), later));
+        recheck.note_failure(b"c", start);
+        recheck.note_success(b"c");
+        assert!(!recheck.failed_lately(|| b"c".to_vec(), start));
     }
 
     #[test]
@@ -82,10 +129,16 @@ mod tests {
         for n in 0..MAX_REMEMBERED + 5 {
             recheck.note_failure(&n.to_be_bytes(), start);
         }
-        assert_eq!(recheck.failed_at.lock().len(), MAX_REMEMBERED);
+        assert_eq!(recheck.failed_at.lock().by_question.len(), MAX_REMEMBERED);
+        // Full of recent failures: later ones are not noted, and not scanned for, until the
+        // oldest expires.
+        assert_eq!(
+            recheck.failed_at.lock().full_until,
+            Some(start + RECHECK_AFTER)
+        );
         let later = start + RECHECK_AFTER;
         recheck.note_failure(b"new", later);
-        assert_eq!(recheck.failed_at.lock().len(), 1);
+        assert_eq!(recheck.failed_at.lock().by_question.len(), 1);
         assert!(recheck.failed_lately(|| b"new".to_vec(), later));
     }
 }

@@ -731,6 +731,16 @@ impl Core {
         out
     }
 
+    /// Whether an expired answer for `query` is kept (serve-stale).
+    fn has_stale_answer(&self, query: &ClientQuery) -> bool {
+        let key_query = respond::cache_key_query(query);
+        let Ok(parsed) = parse_query(&key_query) else {
+            return false;
+        };
+        self.cache
+            .answer_stale_into(&parsed, &mut Vec::new(), STALE_TTL)
+    }
+
     /// An expired answer for `query`, if one is kept (serve-stale), with TTLs of 30 s.
     fn stale_reply(&self, query: &ClientQuery, max_len: usize) -> Option<Vec<u8>> {
         let key_query = respond::cache_key_query(query);
@@ -844,7 +854,12 @@ impl Core {
             permit,
         } = leading;
         let template = self.resolve_to_template(query, refresh).await;
-        if is_servfail(&template) && self.policy.read().stale_client_timeout.is_some() {
+        if !is_servfail(&template) {
+            self.failed_refreshes.note_success(&entry.key);
+        } else if self.policy.read().stale_client_timeout.is_some() && self.has_stale_answer(query)
+        {
+            // Only questions with a stale answer: a flood of never-answered names must not
+            // crowd out the ones the recheck is for.
             self.failed_refreshes
                 .note_failure(&entry.key, Instant::now());
         }
@@ -1056,10 +1071,10 @@ const TCP_REPLIES_IN_FLIGHT: usize = 64;
 
 /// One TCP connection: length-prefixed queries, answered in completion order (pipelining).
 ///
-/// The connection ends when the client sends nothing for `idle_timeout` between queries,
-/// takes none of a reply for that long, or leaves a query's reply slot unfreed for that long
-/// (it stopped reading): otherwise a client that never reads would hold its connection, and
-/// its share of `max_tcp_connections`, for ever.
+/// The connection ends when the client sends nothing for `idle_timeout` between queries, or
+/// takes no byte of its replies for that long: otherwise a client that never reads would hold
+/// its connection, and its share of `max_tcp_connections`, for ever. While all its reply slots
+/// are taken by misses still resolving, the reader just waits (each resolution is bounded).
 async fn serve_tcp(
     core: Arc<Core>,
     stream: TcpStream,
@@ -1076,10 +1091,7 @@ async fn serve_tcp(
             let Ok(frame) = frame_tcp(&reply) else {
                 continue;
             };
-            if !matches!(
-                tokio::time::timeout(idle_timeout, writer.write_all(&frame)).await,
-                Ok(Ok(()))
-            ) {
+            if !write_with_progress(&mut writer, &frame, idle_timeout).await {
                 break;
             }
         }
@@ -1089,11 +1101,11 @@ async fn serve_tcp(
     let mut out = Vec::new();
     loop {
         let slot = tokio::select! {
-            slot = tokio::time::timeout(idle_timeout, replies.clone().reserve_owned()) => slot,
+            slot = replies.clone().reserve_owned() => slot,
             _ = shutdown.wait_for(|stopping| *stopping) => break,
         };
-        // The writer has stopped (the client went away), or the client is not reading.
-        let Ok(Ok(slot)) = slot else {
+        // The writer has stopped: the client went away, or stopped reading.
+        let Ok(slot) = slot else {
             break;
         };
         let read = tokio::select! {
@@ -1122,7 +1134,7 @@ async fn serve_tcp(
             Fast::Reply => {
                 core.counters.count_reply(&out);
                 if !out.is_empty() {
-                    slot.send(std::mem::take(&mut out));
+                    slot.send(out.clone());
                 }
             }
             Fast::Drop => {}
@@ -1139,6 +1151,24 @@ async fn serve_tcp(
     }
     drop(replies);
     let _ = writer_task.await;
+}
+
+/// Write all of `frame`, giving up (false) when the client takes none of it for `idle_timeout`
+/// or the connection fails. A client that reads a long reply slowly but steadily is not cut
+/// off.
+async fn write_with_progress(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &[u8],
+    idle_timeout: Duration,
+) -> bool {
+    let mut written = 0;
+    while written < frame.len() {
+        match tokio::time::timeout(idle_timeout, writer.write(&frame[written..])).await {
+            Ok(Ok(count)) if count > 0 => written += count,
+            _ => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
