@@ -223,6 +223,16 @@ fn config(server: SocketAddr, stop: Stop) -> BenchConfig {
     config
 }
 
+/// One TCP connection, `load` on it, and a 200 ms timeout.
+fn tcp_config(server: SocketAddr, stop: Stop, load: Load) -> BenchConfig {
+    let mut config = config(server, stop);
+    config.transport = Transport::Tcp;
+    config.load = load;
+    config.sockets = 1;
+    config.timeout = Duration::from_millis(200);
+    config
+}
+
 fn run(config: &BenchConfig) -> bench::Report {
     let queries = bench::parse_query_file(QUERIES).unwrap();
     bench::run(config, &queries, &LiveStats::default()).unwrap()
@@ -617,11 +627,7 @@ fn tcp_reconnects_that_fail_cost_queries_not_the_run() {
             serve_tcp(stream, &received, &frames, &stop, Some(20));
         })
     };
-    let mut config = config(addr, Stop::Count(80));
-    config.transport = Transport::Tcp;
-    config.load = Load::Concurrency(4);
-    config.sockets = 1;
-    config.timeout = Duration::from_millis(200);
+    let config = tcp_config(addr, Stop::Count(80), Load::Concurrency(4));
     let report = run_within(config, QUERIES, Duration::from_secs(30));
     server.join().unwrap();
 
@@ -699,11 +705,7 @@ fn at_a_rate_failed_reconnects_spend_queries_on_schedule() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || drop(listener.accept().unwrap()));
-    let mut config = config(addr, Stop::Count(10));
-    config.transport = Transport::Tcp;
-    config.load = Load::Rate(20);
-    config.sockets = 1;
-    config.timeout = Duration::from_millis(200);
+    let config = tcp_config(addr, Stop::Count(10), Load::Rate(20));
     let report = run_within(config, QUERIES, Duration::from_secs(30));
     server.join().unwrap();
 

@@ -79,6 +79,21 @@ impl Fixture {
             });
     }
 
+    /// Make the leaf drop every query: the authority of `example.test.` is gone.
+    fn dead_leaf(&self) {
+        self.hierarchy
+            .server("ns1.example.test.")
+            .set_behaviour(Behaviour {
+                drop: true,
+                ..Behaviour::default()
+            });
+    }
+
+    /// Ask `name`'s A record over UDP.
+    async fn ask_a(&self, id: u16, name: &str) -> Message {
+        udp_ask(self.udp(), &query(id, name, RecordType::A, None)).await
+    }
+
     fn udp(&self) -> SocketAddr {
         self.server.udp_addresses()[0]
     }
@@ -783,13 +798,7 @@ async fn expired_answers_are_served_stale_when_the_authority_dies() {
     let stale = query(1, "stale.example.test.", RecordType::A, None);
     let fresh = udp_ask(fixture.udp(), &stale).await;
     assert_eq!(a_addresses(&fresh), [Ipv4Addr::new(192, 0, 2, 30)]);
-    fixture
-        .hierarchy
-        .server("ns1.example.test.")
-        .set_behaviour(Behaviour {
-            drop: true,
-            ..Behaviour::default()
-        });
+    fixture.dead_leaf();
     // The 1 s TTL runs out; the leaf no longer answers.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let answer = udp_ask(fixture.udp(), &stale).await;
@@ -851,17 +860,9 @@ async fn expired_answers_are_served_stale_when_the_server_is_overloaded() {
 async fn a_query_the_only_server_does_not_answer_in_time_is_sent_again() {
     let fixture = Fixture::start().await;
     // The leaf's RTT is now measured in microseconds, so its timeout is the 50 ms floor.
-    udp_ask(
-        fixture.udp(),
-        &query(1, "www.example.test.", RecordType::A, None),
-    )
-    .await;
+    fixture.ask_a(1, "www.example.test.").await;
     fixture.slow_leaf(Duration::from_millis(80));
-    let answer = udp_ask(
-        fixture.udp(),
-        &query(2, "slow.example.test.", RecordType::A, None),
-    )
-    .await;
+    let answer = fixture.ask_a(2, "slow.example.test.").await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert_eq!(a_addresses(&answer), [Ipv4Addr::new(192, 0, 2, 3)]);
     // Unanswered within 50 ms, then answered within the doubled 100 ms (or, on a machine
@@ -873,23 +874,9 @@ async fn a_query_the_only_server_does_not_answer_in_time_is_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_keeps_failing_is_not_asked_again_within_a_resolution() {
     let fixture = Fixture::start().await;
-    udp_ask(
-        fixture.udp(),
-        &query(1, "www.example.test.", RecordType::A, None),
-    )
-    .await;
-    fixture
-        .hierarchy
-        .server("ns1.example.test.")
-        .set_behaviour(Behaviour {
-            drop: true,
-            ..Behaviour::default()
-        });
-    let first = udp_ask(
-        fixture.udp(),
-        &query(2, "www2.example.test.", RecordType::A, None),
-    )
-    .await;
+    fixture.ask_a(1, "www.example.test.").await;
+    fixture.dead_leaf();
+    let first = fixture.ask_a(2, "www2.example.test.").await;
     assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(
         fixture.leaf_queries_for("www2.example.test."),
@@ -897,11 +884,7 @@ async fn a_server_that_keeps_failing_is_not_asked_again_within_a_resolution() {
         "three rounds"
     );
     // Three failures in a row: the server is down, and the next resolution asks it once.
-    let second = udp_ask(
-        fixture.udp(),
-        &query(3, "slow.example.test.", RecordType::A, None),
-    )
-    .await;
+    let second = fixture.ask_a(3, "slow.example.test.").await;
     assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(fixture.leaf_queries_for("slow.example.test."), 1);
 }
