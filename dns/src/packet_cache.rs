@@ -24,7 +24,8 @@ use std::{
 
 use parking_lot::RwLock;
 
-const HEADER_LEN: usize = 12;
+/// Bytes in a DNS header.
+pub(crate) const HEADER_LEN: usize = 12;
 const MAX_NAME_LEN: usize = 255;
 const MAX_LABEL_LEN: usize = 63;
 const TYPE_OPT: u16 = 41;
@@ -219,7 +220,7 @@ fn read_be32(packet: &[u8], at: usize) -> Result<u32, QueryParseError> {
 
 /// The end of an uncompressed name starting at `start` (the question's name is never
 /// compressed: a pointer there could only point into the header).
-fn question_name_end(packet: &[u8], start: usize) -> Result<usize, QueryParseError> {
+pub(crate) fn question_name_end(packet: &[u8], start: usize) -> Result<usize, QueryParseError> {
     let mut offset = start;
     loop {
         let length = *packet

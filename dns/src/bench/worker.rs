@@ -16,6 +16,7 @@ use std::{
 use hdrhistogram::Histogram;
 
 use super::{AnsweredQuery, BenchConfig, BenchError, BenchQuery, LiveStats, Transport};
+use crate::packet_cache::{HEADER_LEN, question_name_end};
 
 /// How long a worker waits for a reply (or a UDP sender for a free slot) before it looks at the
 /// clock again. Short enough that timeouts and paced sends stay accurate; long enough not to
@@ -182,6 +183,17 @@ pub(super) enum Share {
     /// The whole run's queries per second: every worker paces the tickets it claims on one
     /// schedule.
     Rate(f64),
+}
+
+impl Share {
+    /// Queries the worker may have outstanding at once: its window, or at a rate as many as
+    /// its socket's IDs can tell apart.
+    fn room(self) -> usize {
+        match self {
+            Self::Window(window) => window.min(MAX_OUTSTANDING_PER_SOCKET),
+            Self::Rate(_) => MAX_OUTSTANDING_PER_SOCKET,
+        }
+    }
 }
 
 /// When the next query may go.
@@ -353,6 +365,28 @@ impl Outstanding {
     }
 }
 
+/// Match each reply in `batch` to its waiting query, hand the answers to `answered` with their
+/// rcode, and count the late replies and those to another question in `stats`. Datagrams that
+/// are not DNS replies are ignored.
+fn match_replies(
+    batch: &ReplyBatch,
+    outstanding: &mut Outstanding,
+    queries: &[BenchQuery],
+    stats: &mut WorkerStats,
+    mut answered: impl FnMut(&mut WorkerStats, Pending, u8),
+) {
+    for reply in batch.replies() {
+        let Some((id, rcode)) = reply_header(reply) else {
+            continue;
+        };
+        match outstanding.take_reply(id, reply, queries) {
+            Matched::Answer(pending) => answered(stats, pending, rcode),
+            Matched::Late => stats.late_replies += 1,
+            Matched::OtherQuestion => stats.other_question_replies += 1,
+        }
+    }
+}
+
 /// What a reply with a known ID turned out to be.
 enum Matched {
     /// The reply to a waiting query.
@@ -368,7 +402,7 @@ enum Matched {
 /// class. A reply with no question, as some servers send with an error rcode, matches by ID
 /// alone, and so does a `query` without a whole question (only a hand-built [`BenchQuery`]).
 fn same_question(reply: &[u8], query: &[u8]) -> bool {
-    let Some(name_end) = question_name_end(query) else {
+    let Ok(name_end) = question_name_end(query, HEADER_LEN) else {
         return true;
     };
     let Some(asked) = query.get(HEADER_LEN..name_end + 4) else {
@@ -384,23 +418,6 @@ fn same_question(reply: &[u8], query: &[u8]) -> bool {
     // Label lengths are below 64, so only the labels' letters are compared without case.
     echoed[..name_len].eq_ignore_ascii_case(&asked[..name_len])
         && echoed[name_len..] == asked[name_len..]
-}
-
-/// Where the question's name ends in a query from our encoder (uncompressed labels), or
-/// `None` if it does not end where it should.
-fn question_name_end(query: &[u8]) -> Option<usize> {
-    let mut at = HEADER_LEN;
-    loop {
-        let length = usize::from(*query.get(at)?);
-        at += 1;
-        if length == 0 {
-            return Some(at);
-        }
-        if length > 63 {
-            return None;
-        }
-        at += length;
-    }
 }
 
 /// Replies received by one receive call, each cut to [`REPLY_SLOT`] bytes.
@@ -736,9 +753,6 @@ fn append_with_id(buffer: &mut Vec<u8>, wire: &[u8], id: u16) {
     }
 }
 
-/// Bytes in a DNS header.
-const HEADER_LEN: usize = 12;
-
 /// The ID and rcode of a DNS reply, or `None` for anything else (too short, or the QR bit
 /// unset), which is ignored like a stray datagram.
 fn reply_header(message: &[u8]) -> Option<(u16, u8)> {
@@ -854,16 +868,13 @@ fn run_udp(
                     let expired = now
                         .checked_sub(config.timeout)
                         .map_or(0, |cutoff| state.outstanding.expire(cutoff));
-                    for reply in batch.replies() {
-                        let Some((id, rcode)) = reply_header(reply) else {
-                            continue;
-                        };
-                        match state.outstanding.take_reply(id, reply, shared.queries) {
-                            Matched::Answer(pending) => matched.push((pending, rcode)),
-                            Matched::Late => stats.late_replies += 1,
-                            Matched::OtherQuestion => stats.other_question_replies += 1,
-                        }
-                    }
+                    match_replies(
+                        &batch,
+                        &mut state.outstanding,
+                        shared.queries,
+                        &mut stats,
+                        |_, pending, rcode| matched.push((pending, rcode)),
+                    );
                     (expired, state.done_sending && state.outstanding.count == 0)
                 };
                 if expired > 0 || !matched.is_empty() {
@@ -940,10 +951,7 @@ fn send_udp(
     let mut local = Local::new(start, share);
     let mut query_buffer = Vec::with_capacity(512);
     let mut sent = Sent { sent: 0, lost: 0 };
-    let window = match share {
-        Share::Window(window) => window.min(MAX_OUTSTANDING_PER_SOCKET),
-        Share::Rate(_) => MAX_OUTSTANDING_PER_SOCKET,
-    };
+    let window = share.room();
     loop {
         let now = Instant::now();
         local.publish_every(shared.live, now);
@@ -1023,10 +1031,7 @@ fn run_tcp(
     let mut reconnect_at = start;
     // When the connection last took bytes, or had none to take.
     let mut last_write = start;
-    let room = match share {
-        Share::Window(window) => window.min(MAX_OUTSTANDING_PER_SOCKET),
-        Share::Rate(_) => MAX_OUTSTANDING_PER_SOCKET,
-    };
+    let room = share.room();
 
     loop {
         let now = Instant::now();
@@ -1125,26 +1130,16 @@ fn run_tcp(
             Received::Closed => give_up = true,
             Received::Messages => {
                 let answered_at = Instant::now();
-                for reply in batch.replies() {
-                    let Some((id, rcode)) = reply_header(reply) else {
-                        continue;
-                    };
-                    match outstanding.take_reply(id, reply, shared.queries) {
-                        Matched::Answer(pending) => {
-                            record_answer(
-                                &mut stats,
-                                pending,
-                                rcode,
-                                answered_at,
-                                start,
-                                answer_log_limit,
-                            );
-                            local.unpublished_answered += 1;
-                        }
-                        Matched::Late => stats.late_replies += 1,
-                        Matched::OtherQuestion => stats.other_question_replies += 1,
-                    }
-                }
+                match_replies(
+                    &batch,
+                    &mut outstanding,
+                    shared.queries,
+                    &mut stats,
+                    |stats, pending, rcode| {
+                        record_answer(stats, pending, rcode, answered_at, start, answer_log_limit);
+                        local.unpublished_answered += 1;
+                    },
+                );
             }
         }
         if give_up {

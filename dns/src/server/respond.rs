@@ -7,13 +7,13 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
 };
 
+pub(crate) use crate::packet_cache::HEADER_LEN;
 use crate::{
     packet_cache::ParsedQuery,
     resolver::Resolution,
     wire::{MAX_MESSAGE_LEN, append_name},
 };
 
-pub(crate) const HEADER_LEN: usize = 12;
 pub(crate) const RCODE_SERVFAIL: u8 = 2;
 pub(crate) const RCODE_FORMERR: u8 = 1;
 pub(crate) const RCODE_NOTIMP: u8 = 4;
