@@ -145,8 +145,6 @@ impl ServerSelection {
         });
     }
 
-    /// No reply, or a lame/refusing answer: back off exponentially (5 s, 10 s, 20 s ... 120 s) and
-    /// make the server look slow so others are preferred.
     /// Failures since the server's last reply, counted over every resolution that asked it.
     pub(crate) fn failures_since_reply(&self, ip: IpAddr) -> u32 {
         self.servers
@@ -155,6 +153,8 @@ impl ServerSelection {
             .map_or(0, |state| state.failures)
     }
 
+    /// No reply, or a lame/refusing answer: back off exponentially (5 s, 10 s, 20 s ... 120 s) and
+    /// make the server look slow so others are preferred.
     pub(crate) fn record_failure(&self, ip: IpAddr, timeout: Duration) {
         self.update(ip, |state| {
             state.failures = state.failures.saturating_add(1);

@@ -731,24 +731,19 @@ impl Core {
         out
     }
 
-    /// Whether an expired answer for `query` is kept (serve-stale).
-    fn has_stale_answer(&self, query: &ClientQuery) -> bool {
+    /// The expired answer kept for `query` (serve-stale), in cache form with TTLs of 30 s.
+    fn stale_answer(&self, query: &ClientQuery) -> Option<Vec<u8>> {
         let key_query = respond::cache_key_query(query);
-        let Ok(parsed) = parse_query(&key_query) else {
-            return false;
-        };
+        let parsed = parse_query(&key_query).ok()?;
+        let mut stale = Vec::new();
         self.cache
-            .answer_stale_into(&parsed, &mut Vec::new(), STALE_TTL)
+            .answer_stale_into(&parsed, &mut stale, STALE_TTL)
+            .then_some(stale)
     }
 
     /// An expired answer for `query`, if one is kept (serve-stale), with TTLs of 30 s.
     fn stale_reply(&self, query: &ClientQuery, max_len: usize) -> Option<Vec<u8>> {
-        let key_query = respond::cache_key_query(query);
-        let parsed = parse_query(&key_query).ok()?;
-        let mut stale = Vec::new();
-        if !self.cache.answer_stale_into(&parsed, &mut stale, STALE_TTL) {
-            return None;
-        }
+        let stale = self.stale_answer(query)?;
         Counters::bump(&self.counters.stale_answers);
         let mut out = Vec::with_capacity(stale.len() + 11);
         personalise(&stale, query, &mut out);
@@ -856,7 +851,8 @@ impl Core {
         let template = self.resolve_to_template(query, refresh).await;
         if !is_servfail(&template) {
             self.failed_refreshes.note_success(&entry.key);
-        } else if self.policy.read().stale_client_timeout.is_some() && self.has_stale_answer(query)
+        } else if self.policy.read().stale_client_timeout.is_some()
+            && self.stale_answer(query).is_some()
         {
             // Only questions with a stale answer: a flood of never-answered names must not
             // crowd out the ones the recheck is for.
