@@ -173,6 +173,7 @@ impl DnsServer {
                 // Built here, so a failure is the caller's error rather than a dead thread.
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_park(udp::send_queued_replies)
                     .build()
                     .map_err(ServerError::Thread)?;
                 let thread = std::thread::Builder::new()
@@ -525,9 +526,9 @@ impl Core {
         *tally = Tally::default();
     }
 
-    /// Resolve a UDP miss on the calling UDP worker's own runtime and send the reply from there
-    /// (non-blocking: a full socket buffer drops the reply, as it would any datagram). `guards`
-    /// are held until the reply is sent.
+    /// Resolve a UDP miss on the calling UDP worker's own runtime and queue the reply on that
+    /// thread, which sends it with the others ready at the same time (`udp::queue_reply`).
+    /// `guards` are held until the reply is sent.
     fn spawn_udp_miss(
         self: &Arc<Self>,
         socket: &Arc<std::net::UdpSocket>,
@@ -543,15 +544,7 @@ impl Core {
         tokio::spawn(Box::pin(async move {
             let reply = core.answer_miss(query, max_len).await;
             core.counters.count_reply(&reply);
-            let sent = socket2::SockRef::from(&*socket).send_to_with_flags(
-                &reply,
-                &peer.into(),
-                libc::MSG_DONTWAIT,
-            );
-            if let Err(error) = sent {
-                tracing::debug!(%peer, %error, "UDP send failed");
-            }
-            drop(guards);
+            udp::queue_reply(socket, reply, peer, guards);
         }));
     }
 

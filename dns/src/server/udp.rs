@@ -23,10 +23,15 @@
 //! looks at its siblings at every [`TICK`]. Under load the loop yields to the runtime after each
 //! full batch while it has misses outstanding.
 //!
+//! A miss's reply does not leave from its task: it is queued on the thread, and the queue goes
+//! out in one `sendmmsg` when the runtime has run everything that was ready (its park hook), so
+//! the answers to all the upstream replies one wake-up brought reach their clients together.
+//!
 //! `libc` is called directly: socket2 has no `recvmmsg`/`sendmmsg`, nix's wrappers allocate per
 //! call, and quinn-udp batches only towards one destination (GSO), not to many clients.
 
 use std::{
+    cell::RefCell,
     io,
     mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
@@ -153,17 +158,23 @@ fn send_batch(socket: &UdpSocket, slots: &mut Slots, count: usize) {
         header.msg_hdr.msg_flags = 0;
         header.msg_len = 0;
     }
+    send_all(socket.as_raw_fd(), &mut slots.headers[..count], 0);
+}
+
+/// Hand every datagram `headers` describe to the kernel, as few `sendmmsg` calls as it takes. A
+/// datagram the kernel refuses is skipped (UDP: the client asks again).
+fn send_all(fd: RawFd, headers: &mut [libc::mmsghdr], flags: libc::c_int) {
     let mut sent = 0;
-    while sent < count {
-        let pending = &mut slots.headers[sent..count];
-        // SAFETY: each of the `pending.len()` headers points at a reply buffer and a peer
-        // address that stay alive and unmodified for the call; the kernel only reads them.
+    while sent < headers.len() {
+        let pending = &mut headers[sent..];
+        // SAFETY: the caller's headers point at buffers and peer addresses that stay alive and
+        // unmodified for the call; the kernel only reads them.
         let result = unsafe {
             libc::sendmmsg(
-                socket.as_raw_fd(),
+                fd,
                 pending.as_mut_ptr(),
                 pending.len() as libc::c_uint,
-                0,
+                flags,
             )
         };
         match usize::try_from(result) {
@@ -281,6 +292,7 @@ async fn serve_loop(
         received
     };
     while !stop.load(Ordering::Relaxed) {
+        send_queued_replies();
         // Own socket first; the siblings only when it had less than a full batch, one batch each.
         let mut more = batch(&sockets[own], &mut slots, &mut tally) == BATCH;
         if !more {
@@ -325,6 +337,7 @@ async fn serve_loop(
     while Arc::strong_count(&local_misses) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    send_queued_replies();
 }
 
 /// What a miss's task holds while it runs: one guard counted by this thread, one by the server's
@@ -394,5 +407,165 @@ fn answer_batch(
         // (one cheap system call) lets it run now; measured p99 at 64 outstanding went from
         // 4.2-7.3 ms to 0.6-1.9 ms, and qps rose with it (docs/benchmarks.md).
         std::thread::yield_now();
+    }
+}
+
+/// A miss's reply waiting for its thread's next `sendmmsg`, with the guards its task held (so
+/// shutdown waits until the reply has left).
+struct QueuedReply {
+    socket: Arc<UdpSocket>,
+    reply: Vec<u8>,
+    peer: socket2::SockAddr,
+    _guards: [Arc<()>; 2],
+}
+
+/// The miss replies of one worker thread not sent yet, and reused room for sending them.
+#[derive(Default)]
+struct ReplyQueue {
+    replies: Vec<QueuedReply>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+thread_local! {
+    static REPLY_QUEUE: RefCell<ReplyQueue> = RefCell::new(ReplyQueue::default());
+}
+
+/// Queue a miss's reply on this worker thread. It leaves with the others in one `sendmmsg` when
+/// the thread's runtime has nothing left to run ([`send_queued_replies`] is its park hook), when
+/// the serving loop next comes round, or at once when a batch is full.
+///
+/// One system call for the replies of all the upstream answers one wake-up delivered is the
+/// smaller gain. The larger: the client is woken once for them, not once per reply. Waking a
+/// sleeping reader is the sender's cost (the loopback delivers in the sender's context), and on
+/// a cold batch it was a tenth of this server's CPU, twice Unbound's (docs/benchmarks.md).
+pub(super) fn queue_reply(
+    socket: Arc<UdpSocket>,
+    reply: Vec<u8>,
+    peer: SocketAddr,
+    guards: [Arc<()>; 2],
+) {
+    let full = REPLY_QUEUE.with_borrow_mut(|queue| {
+        queue.replies.push(QueuedReply {
+            socket,
+            reply,
+            peer: peer.into(),
+            _guards: guards,
+        });
+        queue.replies.len() >= BATCH
+    });
+    if full {
+        send_queued_replies();
+    }
+}
+
+/// Send every reply queued on this thread: one `sendmmsg` per run of replies from one socket.
+pub(super) fn send_queued_replies() {
+    REPLY_QUEUE.with_borrow_mut(|queue| {
+        let ReplyQueue {
+            replies,
+            iovecs,
+            headers,
+        } = queue;
+        if replies.is_empty() {
+            return;
+        }
+        for run in replies.chunk_by(|a, b| Arc::ptr_eq(&a.socket, &b.socket)) {
+            iovecs.clear();
+            iovecs.extend(run.iter().map(|queued| libc::iovec {
+                iov_base: queued.reply.as_ptr().cast_mut().cast(),
+                iov_len: queued.reply.len(),
+            }));
+            headers.clear();
+            headers.extend(run.iter().zip(iovecs.iter_mut()).map(|(queued, iovec)| {
+                // SAFETY: mmsghdr is plain old data (integers and null pointers when zeroed).
+                let mut header: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+                header.msg_hdr.msg_name = queued.peer.as_ptr().cast_mut().cast();
+                header.msg_hdr.msg_namelen = queued.peer.len();
+                header.msg_hdr.msg_iov = iovec;
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            }));
+            // Never blocks the thread: a full socket buffer drops the reply, as it would any
+            // datagram.
+            send_all(run[0].socket.as_raw_fd(), headers, libc::MSG_DONTWAIT);
+        }
+        replies.clear();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn loopback_socket() -> Arc<UdpSocket> {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind loopback");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        Arc::new(socket)
+    }
+
+    fn receive_all(client: &UdpSocket, count: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut buffer = [0u8; 64];
+        (0..count)
+            .map(|_| {
+                let (length, from) = client.recv_from(&mut buffer).expect("a queued reply");
+                (buffer[..length].to_vec(), from)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queued_replies_leave_together_from_their_own_sockets_and_then_release_their_guards() {
+        let (first, second, client) = (loopback_socket(), loopback_socket(), loopback_socket());
+        let client_address = client.local_addr().expect("address");
+        let guard = Arc::new(());
+        for (socket, reply) in [(&first, b"one"), (&first, b"two"), (&second, b"3rd")] {
+            let guards = [guard.clone(), guard.clone()];
+            queue_reply(socket.clone(), reply.to_vec(), client_address, guards);
+        }
+        client.set_nonblocking(true).expect("non-blocking");
+        let mut buffer = [0u8; 64];
+        let early = client.recv_from(&mut buffer).map_err(|error| error.kind());
+        assert_eq!(
+            early.err(),
+            Some(io::ErrorKind::WouldBlock),
+            "sent before the flush"
+        );
+        assert_eq!(Arc::strong_count(&guard), 7, "the queue holds its guards");
+
+        send_queued_replies();
+        client.set_nonblocking(false).expect("blocking");
+        let first_address = first.local_addr().expect("address");
+        let second_address = second.local_addr().expect("address");
+        assert_eq!(
+            receive_all(&client, 3),
+            [
+                (b"one".to_vec(), first_address),
+                (b"two".to_vec(), first_address),
+                (b"3rd".to_vec(), second_address),
+            ]
+        );
+        assert_eq!(Arc::strong_count(&guard), 1, "guards released once sent");
+    }
+
+    #[test]
+    fn a_full_batch_of_queued_replies_leaves_without_waiting_for_the_flush() {
+        let (server, client) = (loopback_socket(), loopback_socket());
+        let client_address = client.local_addr().expect("address");
+        for index in 0..BATCH {
+            let reply = vec![u8::try_from(index).expect("small index")];
+            queue_reply(server.clone(), reply, client_address, Default::default());
+        }
+        let received = receive_all(&client, BATCH);
+        let bytes: Vec<u8> = received.iter().map(|(reply, _)| reply[0]).collect();
+        let expected: Vec<u8> = (0..BATCH)
+            .map(|i| u8::try_from(i).expect("small"))
+            .collect();
+        assert_eq!(bytes, expected);
+        REPLY_QUEUE.with_borrow(|queue| assert!(queue.replies.is_empty()));
     }
 }
