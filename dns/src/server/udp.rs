@@ -24,8 +24,9 @@
 //! full batch while it has misses outstanding.
 //!
 //! A miss's reply does not leave from its task: it is queued on the thread, and the queue goes
-//! out in one `sendmmsg` when the runtime has run everything that was ready (its park hook), so
-//! the answers to all the upstream replies one wake-up brought reach their clients together.
+//! out with one `sendmmsg` per socket when the runtime's task queue runs dry (its park hook) or
+//! the serving loop comes round, so the answers to all the upstream replies one wake-up brought
+//! reach their clients together.
 //!
 //! `libc` is called directly: socket2 has no `recvmmsg`/`sendmmsg`, nix's wrappers allocate per
 //! call, and quinn-udp batches only towards one destination (GSO), not to many clients.
@@ -162,7 +163,8 @@ fn send_batch(socket: &UdpSocket, slots: &mut Slots, count: usize) {
 }
 
 /// Hand every datagram `headers` describe to the kernel, as few `sendmmsg` calls as it takes. A
-/// datagram the kernel refuses is skipped (UDP: the client asks again).
+/// datagram the kernel refuses is skipped, and a full socket buffer drops the rest (UDP: the
+/// client asks again).
 fn send_all(fd: RawFd, headers: &mut [libc::mmsghdr], flags: libc::c_int) {
     let mut sent = 0;
     while sent < headers.len() {
@@ -182,11 +184,19 @@ fn send_all(fd: RawFd, headers: &mut [libc::mmsghdr], flags: libc::c_int) {
             Ok(count_sent) => sent += count_sent,
             Err(_) => {
                 let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                match error.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // The socket buffer is full: the rest would fail the same way, one call each.
+                    io::ErrorKind::WouldBlock => {
+                        let dropped = headers.len() - sent;
+                        tracing::debug!(dropped, "UDP socket buffer full; dropping replies");
+                        break;
+                    }
+                    _ => {
+                        tracing::debug!(%error, "UDP send failed; dropping one reply");
+                        sent += 1;
+                    }
                 }
-                tracing::debug!(%error, "UDP send failed; dropping one reply");
-                sent += 1;
             }
         }
     }
@@ -335,6 +345,8 @@ async fn serve_loop(
     // its reply. Stopping therefore never cuts short an answer that could still be sent.
     let deadline = Instant::now() + core.resolution_timeout + Duration::from_secs(1);
     while Arc::strong_count(&local_misses) > 1 && Instant::now() < deadline {
+        // The park hook does not run while tasks keep being ready.
+        send_queued_replies();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     send_queued_replies();
@@ -431,9 +443,11 @@ thread_local! {
     static REPLY_QUEUE: RefCell<ReplyQueue> = RefCell::new(ReplyQueue::default());
 }
 
-/// Queue a miss's reply on this worker thread. It leaves with the others in one `sendmmsg` when
-/// the thread's runtime has nothing left to run ([`send_queued_replies`] is its park hook), when
-/// the serving loop next comes round, or at once when a batch is full.
+/// Queue a miss's reply on this worker thread. It leaves with the others when the thread's
+/// runtime finds no task left to run ([`send_queued_replies`] is its park hook), when the serving
+/// loop next comes round, or at once when a batch is full. Under a stream of ready tasks the hook
+/// may not run (tokio polls its reactor without parking every 61 tasks, and when a task yielded),
+/// which is why the loop and the batch bound send too.
 ///
 /// One system call for the replies of all the upstream answers one wake-up delivered is the
 /// smaller gain. The larger: the client is woken once for them, not once per reply. Waking a
@@ -459,7 +473,7 @@ pub(super) fn queue_reply(
     }
 }
 
-/// Send every reply queued on this thread: one `sendmmsg` per run of replies from one socket.
+/// Send every reply queued on this thread: one `sendmmsg` per socket they leave from.
 pub(super) fn send_queued_replies() {
     REPLY_QUEUE.with_borrow_mut(|queue| {
         let ReplyQueue {
@@ -470,6 +484,9 @@ pub(super) fn send_queued_replies() {
         if replies.is_empty() {
             return;
         }
+        // Stable: each socket's replies keep their order. A worker that drained a sibling's
+        // socket can have queued replies for both, interleaved.
+        replies.sort_by_key(|queued| Arc::as_ptr(&queued.socket) as usize);
         for run in replies.chunk_by(|a, b| Arc::ptr_eq(&a.socket, &b.socket)) {
             iovecs.clear();
             iovecs.extend(run.iter().map(|queued| libc::iovec {
@@ -523,7 +540,8 @@ mod tests {
         let (first, second, client) = (loopback_socket(), loopback_socket(), loopback_socket());
         let client_address = client.local_addr().expect("address");
         let guard = Arc::new(());
-        for (socket, reply) in [(&first, b"one"), (&first, b"two"), (&second, b"3rd")] {
+        let queued = [(&first, b"one"), (&second, b"3rd"), (&first, b"two")];
+        for (socket, reply) in queued {
             let guards = [guard.clone(), guard.clone()];
             queue_reply(socket.clone(), reply.to_vec(), client_address, guards);
         }
@@ -541,14 +559,14 @@ mod tests {
         client.set_nonblocking(false).expect("blocking");
         let first_address = first.local_addr().expect("address");
         let second_address = second.local_addr().expect("address");
-        assert_eq!(
-            receive_all(&client, 3),
-            [
-                (b"one".to_vec(), first_address),
-                (b"two".to_vec(), first_address),
-                (b"3rd".to_vec(), second_address),
-            ]
-        );
+        let received = receive_all(&client, 3);
+        // Each socket's replies in the order queued; the two sockets' replies may interleave.
+        let from = |address| -> Vec<Vec<u8>> {
+            let replies = received.iter().filter(|(_, from)| *from == address);
+            replies.map(|(reply, _)| reply.clone()).collect()
+        };
+        assert_eq!(from(first_address), [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(from(second_address), [b"3rd".to_vec()]);
         assert_eq!(Arc::strong_count(&guard), 1, "guards released once sent");
     }
 
