@@ -24,7 +24,7 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per cached run (10), CONCURRENCY outstanding (64),
 # SOCKETS (4), THREADS (2), EDGEKIT (path to a built edgekit; default: cargo build --release),
-# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (11: how many times both
+# AGREE (1 on 2+ CPUs, 0 to skip the pinned agreement runs), COLD_RUNS (41: how many times both
 # servers are restarted for the cold batch; medians are printed, and the per-run ratio's median
 # with a 95% interval, which needs 6 or more), ROUNDS=0 for the cold batch only,
 # HOSTS (1000: names in the leaf zone; the query file has 1.35 per host), COLD_CONCURRENCY (16:
@@ -47,7 +47,7 @@ CONCURRENCY=${CONCURRENCY:-64}
 SOCKETS=${SOCKETS:-4}
 THREADS=${THREADS:-2}
 COLD_THREADS=$THREADS
-COLD_RUNS=${COLD_RUNS:-11}
+COLD_RUNS=${COLD_RUNS:-41}
 HOSTS=${HOSTS:-1000}
 COLD_CONCURRENCY=${COLD_CONCURRENCY:-16}
 COLD_SOCKETS=${COLD_SOCKETS:-4}
