@@ -75,13 +75,11 @@ impl Slots {
     fn new() -> Self {
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
         let zero_peer: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
-        // SAFETY: mmsghdr is plain old data (integers and null pointers when zeroed).
-        let zero_header: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
         Self {
             packets: vec![[0; MAX_QUERY_LEN]; BATCH],
             peers: vec![zero_peer; BATCH],
             iovecs: Vec::with_capacity(BATCH),
-            headers: vec![zero_header; BATCH],
+            headers: Vec::with_capacity(BATCH),
             replies: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             reply_peers: vec![(zero_peer, 0); BATCH],
         }
@@ -97,22 +95,31 @@ impl Slots {
                 iov_len: MAX_QUERY_LEN,
             });
         }
-        for ((header, iovec), peer) in self
-            .headers
-            .iter_mut()
-            .zip(&mut self.iovecs)
-            .zip(&mut self.peers)
-        {
-            header.msg_hdr.msg_name = std::ptr::from_mut(peer).cast();
-            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
-        }
+        self.headers.clear();
+        let room = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        self.headers.extend(
+            self.iovecs
+                .iter_mut()
+                .zip(&mut self.peers)
+                .map(|(iovec, peer)| datagram_header(std::ptr::from_mut(peer).cast(), room, iovec)),
+        );
     }
+}
+
+/// The `mmsghdr` of one datagram held in `iovec`, to or from the address at `name` (`name_len`
+/// bytes), with no control data.
+fn datagram_header(
+    name: *mut libc::c_void,
+    name_len: libc::socklen_t,
+    iovec: &mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: mmsghdr is plain old data (integers and null pointers when zeroed).
+    let mut header: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    header.msg_hdr.msg_name = name;
+    header.msg_hdr.msg_namelen = name_len;
+    header.msg_hdr.msg_iov = iovec;
+    header.msg_hdr.msg_iovlen = 1;
+    header
 }
 
 /// Receive up to [`BATCH`] datagrams already queued, without waiting. Returns how many headers
@@ -144,22 +151,15 @@ fn send_batch(socket: &UdpSocket, slots: &mut Slots, count: usize) {
             iov_len: reply.len(),
         });
     }
-    for ((header, iovec), (peer, peer_len)) in slots
+    slots.headers.clear();
+    slots
         .headers
-        .iter_mut()
-        .zip(&mut slots.iovecs)
-        .zip(&mut slots.reply_peers)
-    {
-        header.msg_hdr.msg_name = std::ptr::from_mut(peer).cast();
-        header.msg_hdr.msg_namelen = *peer_len;
-        header.msg_hdr.msg_iov = iovec;
-        header.msg_hdr.msg_iovlen = 1;
-        header.msg_hdr.msg_control = std::ptr::null_mut();
-        header.msg_hdr.msg_controllen = 0;
-        header.msg_hdr.msg_flags = 0;
-        header.msg_len = 0;
-    }
-    send_all(socket.as_raw_fd(), &mut slots.headers[..count], 0);
+        .extend(slots.iovecs.iter_mut().zip(&mut slots.reply_peers).map(
+            |(iovec, (peer, peer_len))| {
+                datagram_header(std::ptr::from_mut(peer).cast(), *peer_len, iovec)
+            },
+        ));
+    send_all(socket.as_raw_fd(), &mut slots.headers, 0);
 }
 
 /// Hand every datagram `headers` describe to the kernel, as few `sendmmsg` calls as it takes. A
@@ -452,7 +452,8 @@ thread_local! {
 /// One system call for the replies of all the upstream answers one wake-up delivered is the
 /// smaller gain. The larger: the client is woken once for them, not once per reply. Waking a
 /// sleeping reader is the sender's cost (the loopback delivers in the sender's context), and on
-/// a cold batch it was a tenth of this server's CPU, twice Unbound's (docs/benchmarks.md).
+/// a cold batch waking the client was 7% of this server's CPU, against 4% of Unbound's
+/// (docs/benchmarks.md, session 14).
 pub(super) fn queue_reply(
     socket: Arc<UdpSocket>,
     reply: Vec<u8>,
@@ -495,13 +496,9 @@ pub(super) fn send_queued_replies() {
             }));
             headers.clear();
             headers.extend(run.iter().zip(iovecs.iter_mut()).map(|(queued, iovec)| {
-                // SAFETY: mmsghdr is plain old data (integers and null pointers when zeroed).
-                let mut header: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-                header.msg_hdr.msg_name = queued.peer.as_ptr().cast_mut().cast();
-                header.msg_hdr.msg_namelen = queued.peer.len();
-                header.msg_hdr.msg_iov = iovec;
-                header.msg_hdr.msg_iovlen = 1;
-                header
+                // The kernel only reads a destination address (`sendmmsg`).
+                let name = queued.peer.as_ptr().cast_mut().cast();
+                datagram_header(name, queued.peer.len(), iovec)
             }));
             // Never blocks the thread: a full socket buffer drops the reply, as it would any
             // datagram.
